@@ -1,0 +1,163 @@
+"""Cosine similarity kernels over embeddings, computed in blocks of rows.
+
+The GraphCut greedy of :mod:`dsquant.core.bins` needs two things from the embedding
+(ALGORITHMS.md sections 1-3):
+
+* the column sums ``sum_{i in P} cos(f_i, f_x)`` over a pool ``P``, and
+* rows ``cos(f_x, f_P)`` for a few candidate samples ``x`` at a time.
+
+Neither needs an n x n matrix. Two embeddings are supported:
+
+* :class:`CosineKernel` over a dense feature matrix (n, d);
+* :class:`GradientKernel` over the *factorised* last-layer gradient embedding
+  ``g = [delta, vec(delta e^T)]`` (ALGORITHMS.md section 1), whose Gram matrix is
+  ``<g_i, g_j> = <delta_i, delta_j> (1 + <e_i, e_j>)``; the C*(d+1)-dim vector is never built.
+
+Zero vectors have no direction: their cosine with anything is defined as 0 (similarity 0.5).
+Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GradientEmbedding", "CosineKernel", "GradientKernel", "make_kernel"]
+
+
+@dataclass(frozen=True)
+class GradientEmbedding:
+    """The last-layer gradient embedding of a classifier, kept factorised.
+
+    ``g_i = [delta_i, vec(delta_i e_i^T)]`` with ``delta_i = softmax(z_i) - onehot(y_i)`` and
+    ``e_i`` the penultimate features (ALGORITHMS.md section 1).
+
+    Attributes:
+        delta: (n, C) float array, dL/dz for cross-entropy on the logits z.
+        features: (n, d) float array, the penultimate features e.
+    """
+
+    delta: np.ndarray
+    features: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.delta.ndim != 2 or self.features.ndim != 2:
+            raise ValueError(
+                f"GradientEmbedding: delta and features must be 2-D, got shapes "
+                f"{self.delta.shape} and {self.features.shape}"
+            )
+        if self.delta.shape[0] != self.features.shape[0]:
+            raise ValueError(
+                f"GradientEmbedding: delta has {self.delta.shape[0]} rows but features has "
+                f"{self.features.shape[0]}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.delta.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n, C*(d+1)): the shape of the gradient vectors this factorisation stands for."""
+        n, c = self.delta.shape
+        return n, c * (self.features.shape[1] + 1)
+
+    def take(self, index: np.ndarray) -> "GradientEmbedding":
+        """The rows ``index`` of both factors."""
+        return GradientEmbedding(np.asarray(self.delta[index]), np.asarray(self.features[index]))
+
+    def norms(self) -> np.ndarray:
+        """(n,) float64: ``||g_i|| = ||delta_i|| * sqrt(1 + ||e_i||^2)``."""
+        d = np.asarray(self.delta, dtype=np.float64)
+        e = np.asarray(self.features, dtype=np.float64)
+        return np.sqrt(np.einsum("ij,ij->i", d, d) * (1.0 + np.einsum("ij,ij->i", e, e)))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (float64) scaled to unit L2 norm; zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return x * scale[:, None]
+
+
+class CosineKernel:
+    """Cosine similarity over the rows of a dense (n, d) feature matrix.
+
+    Features are L2-normalised once, in float64. ``dtype`` is the precision of the rows of
+    similarities (float32 halves the memory and time of the matrix products); column sums are
+    float64.
+    """
+
+    def __init__(self, features: np.ndarray, dtype: type = np.float32) -> None:
+        unit = _unit_rows(features)
+        self._column_sums = unit @ unit.sum(axis=0)
+        self._unit = unit.astype(dtype, copy=False)
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return int(self._unit.shape[0])
+
+    def column_sums(self) -> np.ndarray:
+        """(n,) float64: ``sum_i cos(f_i, f_x)`` over all rows i, for every row x."""
+        return self._column_sums
+
+    def rows(self, cand: np.ndarray) -> np.ndarray:
+        """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype."""
+        return self._unit[cand] @ self._unit.T
+
+    def restrict(self, keep: np.ndarray) -> "CosineKernel":
+        """The kernel over the rows where the boolean mask ``keep`` is True. Its column sums
+        are not kept: they depend on the set."""
+        new = CosineKernel.__new__(CosineKernel)
+        new._unit, new.dtype, new._column_sums = self._unit[keep], self.dtype, None
+        return new
+
+
+class GradientKernel:
+    """Cosine similarity of factorised gradient embeddings (ALGORITHMS.md section 1).
+
+    ``cos(g_i, g_j) = <dt_i, dt_j> (1 + <e_i, e_j>)`` with ``dt_i = delta_i / ||g_i||``.
+    Column sums use ``sum_i <dt_i, dt_x> (1 + <e_i, e_x>) = <dt_x, sum_i dt_i> +
+    dt_x^T (sum_i dt_i e_i^T) e_x``, in O(n C d) time and O(C d) extra memory.
+    """
+
+    def __init__(self, embedding: GradientEmbedding, dtype: type = np.float32) -> None:
+        norms = embedding.norms()
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        delta = np.asarray(embedding.delta, dtype=np.float64) * scale[:, None]
+        feat = np.asarray(embedding.features, dtype=np.float64)
+        cross = delta.T @ feat  # (C, d)
+        self._column_sums = delta @ delta.sum(axis=0) + np.einsum("ij,ij->i", delta @ cross, feat)
+        self._delta = delta.astype(dtype, copy=False)
+        self._feat = feat.astype(dtype, copy=False)
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return int(self._delta.shape[0])
+
+    def column_sums(self) -> np.ndarray:
+        """(n,) float64: ``sum_i cos(g_i, g_x)`` over all rows i, for every row x."""
+        return self._column_sums
+
+    def rows(self, cand: np.ndarray) -> np.ndarray:
+        """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype."""
+        out = self._feat[cand] @ self._feat.T
+        out += 1.0
+        out *= self._delta[cand] @ self._delta.T
+        return out
+
+    def restrict(self, keep: np.ndarray) -> "GradientKernel":
+        """The kernel over the rows where the boolean mask ``keep`` is True."""
+        new = GradientKernel.__new__(GradientKernel)
+        new._delta, new._feat = self._delta[keep], self._feat[keep]
+        new.dtype, new._column_sums = self.dtype, None
+        return new
+
+
+def make_kernel(features: "np.ndarray | GradientEmbedding", dtype: type = np.float32):
+    """The kernel for ``features``: a :class:`GradientKernel` for a :class:`GradientEmbedding`,
+    a :class:`CosineKernel` for a (n, d) array."""
+    if isinstance(features, GradientEmbedding):
+        return GradientKernel(features, dtype=dtype)
+    return CosineKernel(features, dtype=dtype)

@@ -1,0 +1,80 @@
+"""Encoders: map a dataset to an :class:`Embedding`; :func:`embed` caches the result on disk,
+keyed by the dataset's fingerprint and the encoder's configuration."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..cache import Cache, hash_key
+from .base import Embedding, Encoder
+from .proxy import ProxyEncoder, softmax_delta
+from .simple import IdentityEncoder, PixelEncoder, PrecomputedEncoder
+
+__all__ = [
+    "Embedding",
+    "Encoder",
+    "IdentityEncoder",
+    "PixelEncoder",
+    "PrecomputedEncoder",
+    "ProxyEncoder",
+    "embed",
+    "make_encoder",
+    "softmax_delta",
+]
+
+_EMBED_VERSION = 1
+
+
+def make_encoder(spec: str, **proxy_options) -> Encoder:
+    """The encoder named by ``spec``: ``proxy``, ``pixels`` or ``features:PATH``.
+
+    ``proxy_options`` go to :class:`ProxyEncoder` (epochs, width, seed, embedding, ...).
+
+    Raises:
+        ValueError: on an unknown name.
+    """
+    if spec == "proxy":
+        return ProxyEncoder(**proxy_options)
+    if spec == "pixels":
+        return PixelEncoder()
+    if spec.startswith("features:"):
+        return PrecomputedEncoder(spec.split(":", 1)[1])
+    raise ValueError(f"encoder: expected 'proxy', 'pixels' or 'features:PATH', got {spec!r}")
+
+
+def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool = False) -> tuple[Embedding, dict]:
+    """Embed ``dataset`` with ``encoder``, reusing a cached result for the same data and
+    configuration.
+
+    Returns:
+        (the embedding, a record: cache key, whether it was a cache hit, seconds spent).
+    """
+    key = hash_key({"v": _EMBED_VERSION, "data": dataset.fingerprint(), "encoder": encoder.config()})
+    t0 = time.perf_counter()
+    if cache is not None:
+        hit = cache.load("embeddings", key)
+        if hit is not None and "features" in hit:
+            info = {}
+            if "info" in hit:
+                import json
+
+                info = json.loads(str(hit["info"]))
+            emb = Embedding(hit["features"], hit.get("delta"), str(hit["kind"]), info)
+            return emb, {"key": key, "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
+    emb = encoder.encode(dataset, progress=progress)
+    if cache is not None:
+        import json
+
+        arrays = dict(emb.arrays())
+        arrays["features"] = np.asarray(arrays["features"])
+        arrays["kind"] = np.array(emb.kind)
+        arrays["info"] = np.array(json.dumps(emb.info))
+        if isinstance(encoder, ProxyEncoder) and encoder.model is not None:
+            from .proxy import state_to_arrays
+
+            cache.save("proxy", key, state_to_arrays(encoder.model))
+        if not isinstance(encoder, (PrecomputedEncoder, IdentityEncoder)):
+            cache.save("embeddings", key, arrays)
+    return emb, {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3)}

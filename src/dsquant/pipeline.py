@@ -1,0 +1,334 @@
+"""``compress()``: read -> embed -> generate bins -> sample -> write. The CLI's ``dsquant
+compress`` is a thin wrapper around it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .cache import Cache, hash_key
+from .core.bins import generate_bins
+from .core.sampling import budget, check_ratio, sample_uniform
+from .data import DataError, FeatureDataset, ImageDataset, detect_format, load_dataset
+
+__all__ = ["CompressResult", "compress", "read_dataset", "METHODS"]
+
+METHODS = ("dq", "random")
+_READ_VERSION = 1
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` produced.
+
+    Attributes:
+        indices: sorted int64 indices of the compressed set into the dataset.
+        bins: the K bins (int64 index arrays); empty for ``method="random"``.
+        manifest: the run's manifest (also written to ``out/manifest.json``).
+        out: the output directory, or None when nothing was written.
+        dataset: the dataset that was compressed.
+    """
+
+    indices: np.ndarray
+    bins: list[np.ndarray]
+    manifest: dict
+    out: Path | None
+    dataset: object = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _source_signature(path: Path) -> dict:
+    """What identifies a dataset file or directory on disk without reading it all."""
+    if path.is_dir():
+        h, count, size = 0, 0, 0
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=16)
+        for dirpath, dirs, files in os.walk(path):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(dirpath, f))
+                digest.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+                count += 1
+                size += st.st_size
+        return {"dir": str(path.resolve()), "files": count, "bytes": size, "digest": digest.hexdigest()}
+    st = path.stat()
+    return {"file": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_dataset(
+    data,
+    split: str = "train",
+    image_size: int | None = None,
+    labels: str | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
+):
+    """Read ``data`` (a path, ``"digits"``, or a dataset object). Decoded image archives and
+    folders are cached (keyed by the files' size and modification time), so a second run skips
+    the decoding."""
+    if isinstance(data, (ImageDataset, FeatureDataset)) or hasattr(data, "fingerprint"):
+        return data
+    fmt = detect_format(data)
+    if cache is None or fmt not in ("tar", "imagefolder", "cifar"):
+        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
+    key = hash_key({"v": _READ_VERSION, "src": _source_signature(Path(data)), "split": split, "size": image_size})
+    hit = cache.load("datasets", key)
+    if hit is not None:
+        return ImageDataset(hit["images"], hit["labels"], [str(c) for c in hit["classes"]], str(data), str(hit["split"]))
+    ds = load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
+    cache.save("datasets", key, {"images": ds.images, "labels": ds.labels, "classes": np.array(ds.classes), "split": np.array(ds.split)})
+    return ds
+
+
+def _versions() -> dict:
+    out = {"dsquant": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "scipy", "sklearn", "PIL"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = __import__(name)
+            except ImportError:
+                continue
+        out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def _counts_table(bins: list[np.ndarray], indices: np.ndarray, labels: np.ndarray | None, n_classes: int) -> list[dict]:
+    chosen = np.zeros(max([int(b.max()) + 1 for b in bins if len(b)] + [0]), dtype=bool)
+    chosen[indices] = True
+    rows = []
+    for k, b in enumerate(bins):
+        row = {"bin": k, "size": int(len(b)), "selected": int(chosen[b].sum())}
+        if labels is not None:
+            row["size_per_class"] = np.bincount(labels[b], minlength=n_classes).tolist()
+            row["selected_per_class"] = np.bincount(labels[b][chosen[b]], minlength=n_classes).tolist()
+        rows.append(row)
+    return rows
+
+
+def _check_bins_fit(labels: np.ndarray | None, n: int, n_bins: int, classes: list[str]) -> None:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"bins: expected an integer >= 1, got {n_bins!r}")
+    if labels is None:
+        if n < n_bins:
+            raise ValueError(f"bins: {n_bins} bins but only {n} samples")
+        return
+    counts = np.bincount(labels, minlength=len(classes))
+    present = counts[counts > 0]
+    if present.min() < n_bins:
+        c = int(np.flatnonzero(counts == present.min())[0])
+        raise ValueError(
+            f"bins: {n_bins} bins but class '{classes[c]}' has only {int(present.min())} samples; "
+            f"use at most {int(present.min())} bins"
+        )
+
+
+def compress(
+    data,
+    ratio: float = 0.1,
+    n_bins: int = 10,
+    method: str = "dq",
+    encoder: str = "proxy",
+    seed: int = 0,
+    epochs: int = 5,
+    out: str | os.PathLike | None = None,
+    export: str | None = None,
+    overwrite: bool = False,
+    labels: str | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    embedding: str = "gradient",
+    proxy_width: int = 32,
+    proxy_checkpoint: str | None = None,
+    block_size: int = 4096,
+    precision: str = "float64",
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    device: str | None = None,
+    progress: bool = False,
+    command: list[str] | None = None,
+) -> CompressResult:
+    """Compress a dataset by Dataset Quantization: the Python face of ``dsquant compress``.
+
+    Args:
+        data: a path (image folder, tar, CIFAR archive, IDX, .npy/.npz features), ``"digits"``,
+            or a dataset object from :mod:`dsquant.data`.
+        ratio: keep ratio rho in (0, 1]; the compressed set has ``round(ratio * N)`` samples.
+        n_bins: K, the number of bins (>= 1, at most the size of the smallest class).
+        method: ``"dq"`` (GraphCut bins + uniform bin sampling) or ``"random"``
+            (class-balanced random sampling, the baseline; no embedding).
+        encoder: ``"proxy"`` (a small ResNet trained ``epochs`` epochs on the data),
+            ``"pixels"`` or ``"features:PATH"``. Ignored for feature datasets.
+        seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
+        epochs: proxy training epochs.
+        out: output directory (nothing is written when None).
+        export: also write the subset: ``"imagefolder"`` or ``"npz"``.
+        overwrite: replace an existing ``out``.
+        labels: labels file for a ``.npy`` feature matrix.
+        split: which split to compress (``"train"``).
+        image_size: resize/centre-crop images to this size (folders of mixed sizes).
+        embedding: ``"gradient"`` (factorised last-layer gradients, DQ's default) or
+            ``"features"`` (penultimate features) for the proxy.
+        proxy_width, proxy_checkpoint: the proxy's width; a local checkpoint to use untrained.
+        block_size, precision: memory block and similarity precision of bin generation
+            (:func:`dsquant.generate_bins`).
+        cache_dir, use_cache: where decoded datasets and embeddings are cached.
+        device: torch device for the proxy (default CUDA when present).
+        progress: show progress bars.
+        command: the command line, recorded in the manifest.
+
+    Returns:
+        A :class:`CompressResult`.
+
+    Raises:
+        ValueError: on a bad argument (ratio outside (0, 1], bins < 1 or more bins than samples
+            in a class, unknown method or encoder, NaN/inf features) - before any heavy work.
+        DataError: on a missing, corrupt or inconsistent dataset or features file.
+        FileExistsError: if ``out`` exists and ``overwrite`` is False.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    check_ratio(ratio)
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
+    if export not in (None, "imagefolder", "npz"):
+        raise ValueError(f"export: expected 'imagefolder' or 'npz', got {export!r}")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; choose another --out or pass --overwrite")
+    cache = Cache(cache_dir, enabled=use_cache)
+
+    t = time.perf_counter()
+    dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress)
+    timings["read"] = time.perf_counter() - t
+    n = len(dataset)
+    ds_labels = dataset.labels
+    if n == 0:
+        raise DataError(f"{dataset.source}: the dataset is empty")
+    if method != "random":
+        _check_bins_fit(ds_labels, n, n_bins, dataset.classes)
+
+    from .embed import IdentityEncoder, embed, make_encoder
+
+    bins: list[np.ndarray] = []
+    emb_record: dict = {}
+    enc_config: dict = {}
+    if method == "random":
+        t = time.perf_counter()
+        indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
+        timings["sample"] = time.perf_counter() - t
+    else:
+        if isinstance(dataset, FeatureDataset):
+            enc = IdentityEncoder()
+        else:
+            enc = make_encoder(encoder, epochs=epochs, width=proxy_width, seed=seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device) if encoder == "proxy" else make_encoder(encoder)
+        enc_config = enc.config()
+        t = time.perf_counter()
+        emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
+        timings["embed"] = time.perf_counter() - t
+        feats = emb.for_binning()
+        t = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="bins", unit="sample", leave=False)
+        try:
+            bins = generate_bins(
+                feats,
+                n_bins,
+                ds_labels,
+                block_size=block_size,
+                dtype=np.float32 if precision == "float32" else np.float64,
+                progress=bar.update if bar is not None else None,
+            )
+        except ValueError as exc:
+            if "NaN or inf" not in str(exc):
+                raise
+            raise DataError(f"{enc_config.get('path', dataset.source)}: {exc}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        timings["bins"] = time.perf_counter() - t
+        t = time.perf_counter()
+        indices = sample_uniform(bins, ratio, ds_labels, seed)
+        timings["sample"] = time.perf_counter() - t
+        emb_record = {
+            **emb_record,
+            "kind": emb.kind,
+            "dim": int(emb.features.shape[1]),
+            "classes_dim": None if emb.delta is None else int(emb.delta.shape[1]),
+            "info": emb.info,
+        }
+
+    n_classes = len(dataset.classes)
+    manifest = {
+        "dsquant_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": method,
+        "parameters": {
+            "ratio": ratio,
+            "n_bins": n_bins if method != "random" else None,
+            "seed": seed,
+            "encoder": enc_config or None,
+            "gain": "graphcut",
+            "lambda": 1.0,
+            "similarity": "0.5 + 0.5 cos",
+            "block_size": block_size,
+            "precision": precision,
+            "split": split,
+            "image_size": image_size,
+        },
+        "dataset": {
+            "source": str(dataset.source),
+            "format": detect_format(data) if isinstance(data, (str, os.PathLike)) else "object",
+            "kind": dataset.kind,
+            "split": getattr(dataset, "split", None),
+            "n_samples": n,
+            "classes": dataset.classes,
+            "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
+            "shape": list(getattr(dataset, "image_shape", ())) or [int(dataset.features.shape[1])],
+            "fingerprint": dataset.fingerprint(),
+        },
+        "embedding": emb_record or None,
+        "selection": {
+            "n_selected": int(len(indices)),
+            "target": budget(ratio, n),
+            "per_class": None if ds_labels is None else np.bincount(ds_labels[indices], minlength=n_classes).tolist(),
+            "bins": _counts_table(bins, indices, ds_labels, n_classes) if bins else [],
+        },
+        "versions": _versions(),
+        "command": command,
+    }
+    out_path = None
+    if out is not None:
+        t = time.perf_counter()
+        timings["write"] = 0.0
+        manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        out_path = Path(out)
+        from .artifact import write_output
+
+        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None)
+        timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    if out_path is not None:
+        # the final timings (write and total) are known only now: rewrite the manifest in place
+        import json
+
+        tmp = out_path / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, out_path / "manifest.json")
+    return CompressResult(indices, bins, manifest, out_path, dataset)

@@ -1,0 +1,240 @@
+"""Training and inference loops shared by the proxy encoder and the evaluation harness.
+
+Images stay uint8 (N, H, W, C) in memory and are turned into normalised float batches on the
+fly; augmentation is random crop (zero padding) + horizontal flip, done on tensors. Every random
+choice comes from one seeded ``torch.Generator``; the global torch RNG is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "TrainConfig",
+    "Normalize",
+    "default_device",
+    "fit",
+    "predict",
+    "to_batch",
+    "augment",
+    "set_threads",
+]
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_threads() -> None:
+    """Use every core for torch's CPU kernels."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+class Normalize(nn.Module):
+    """Maps uint8-range images scaled to [0, 1] to zero mean, unit variance per channel."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1))
+
+    @staticmethod
+    def stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1] units."""
+        x = images.reshape(-1, images.shape[-1])
+        step = 1 << 22
+        total = np.zeros(x.shape[1])
+        sq = np.zeros(x.shape[1])
+        for i in range(0, len(x), step):
+            part = x[i : i + step].astype(np.float64) / 255.0
+            total += part.sum(0)
+            sq += (part * part).sum(0)
+        mean = total / len(x)
+        std = np.sqrt(np.maximum(sq / len(x) - mean * mean, 1e-12))
+        return mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`fit`.
+
+    Attributes:
+        epochs: passes over the data (>= 1).
+        batch_size: samples per step.
+        lr: peak learning rate of SGD.
+        momentum, weight_decay, nesterov: SGD settings.
+        schedule: ``"cosine"`` (annealed to 0 over all steps) or ``"onecycle"`` (linear warm-up
+            over the first 15 % of steps, then cosine).
+        augment: random crop (padding ``H // 8``) + horizontal flip.
+        flip: allow horizontal flips (off for data where left/right matters).
+        label_smoothing: cross-entropy label smoothing.
+        seed: seeds the initialisation, the shuffling and the augmentation.
+    """
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = "onecycle"
+    augment: bool = True
+    flip: bool = True
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_batch(images: np.ndarray, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W, C) numpy -> float (B, C, H, W) tensor in [0, 1] on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool = True) -> torch.Tensor:
+    """Random crop of the zero-padded batch (``pad`` pixels each side) and random horizontal
+    flip, one draw per sample from ``gen`` (on the CPU)."""
+    b, _, h, w = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    if flip:
+        mask = (torch.rand(b, generator=gen) < 0.5).to(x.device).view(b, 1, 1, 1)
+        x = torch.where(mask, x.flip(3), x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "onecycle":
+        warm = max(1, int(0.15 * total))
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    raise ValueError(f"schedule: expected 'cosine' or 'onecycle', got {cfg.schedule!r}")
+
+
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> nn.Module:
+    """Train ``model`` (logits out) with SGD and cross-entropy on uint8 images.
+
+    Args:
+        model: a module taking float (B, C, H, W) images in [0, 1] and returning logits.
+        images: (N, H, W, C) uint8.
+        labels: (N,) int64 class ids.
+        cfg: the hyper-parameters.
+        device: where to train (default: CUDA when present).
+        progress: show a progress bar over the steps.
+        on_epoch: called with (epoch, mean loss) after every epoch.
+
+    Returns:
+        The trained model, in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    device = default_device(device)
+    set_threads()
+    n = len(labels)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    model.to(device).to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
+    bs = max(1, min(cfg.batch_size, n))
+    steps_per_epoch = max(1, n // bs)  # drop the last partial batch (BatchNorm needs > 1 sample)
+    if n < 2 * bs:
+        steps_per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * steps_per_epoch
+    pad = images.shape[1] // 8 if cfg.augment else 0
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    step = 0
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen).numpy()
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * bs : (b + 1) * bs])
+            if len(idx) < 2 and n >= 2:
+                continue
+            x = to_batch(images[idx], device)
+            if cfg.augment:
+                x = augment(x, gen, pad, cfg.flip)
+            y = y_all[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, cfg)
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, float(np.mean(losses)) if losses else float("nan"))
+    bar.close()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+    progress: bool = False,
+    desc: str = "embed",
+    with_features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N, C) float32 of ``model`` in eval mode, and its penultimate features (N, d)
+    float32 when ``with_features`` (the model must have ``embed(x) -> (features, logits)``)."""
+    from tqdm.auto import tqdm
+
+    device = default_device(device)
+    set_threads()
+    model.to(device).eval()
+    logits, feats = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+        x = to_batch(images[start : start + batch_size], device)
+        if with_features:
+            f, z = model.embed(x)
+            feats.append(f.float().cpu().numpy())
+        else:
+            z = model(x)
+        logits.append(z.float().cpu().numpy())
+    return np.concatenate(logits), (np.concatenate(feats) if with_features else None)

@@ -171,15 +171,25 @@ def _cmd_info(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors end in one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dsquant", description="Dataset Quantization: compress a training set into a small subset.")
+    parser = _Parser(prog="dsquant", description="Dataset Quantization: compress a training set into a small subset.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"dsquant {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_compress(sub)
     _add_info(sub)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad argument (already reported)
+        return int(exc.code or 0)
     from .data import DataError
 
     try:

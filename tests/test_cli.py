@@ -1,0 +1,182 @@
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from dsquant.artifact import read_output
+from dsquant.cli import main
+from dsquant.data import load_dataset, load_digits
+from dsquant.torch_data import SubsetSampler, load_subset
+
+from conftest import shared
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compress_digits_end_to_end(tmp_path, capsys):
+    out = tmp_path / "digits"
+    code, stdout, _ = run(capsys, "compress", "digits", "--ratio", "0.1", "--bins", "10", "--epochs", "1", "--out", out, "--quiet")
+    assert code == 0
+    assert "selected 180 of 1797 samples" in stdout and str(out) in stdout
+    res = read_output(out)
+    assert len(res.indices) == 180 and res.indices.dtype == np.int64
+    assert np.all(np.diff(res.indices) > 0)
+    assert len(res.bins) == 10 and np.array_equal(np.sort(np.concatenate(res.bins)), np.arange(1797))
+    m = res.manifest
+    assert m["method"] == "dq" and m["parameters"]["seed"] == 0 and m["parameters"]["n_bins"] == 10
+    assert m["dataset"]["n_samples"] == 1797 and len(m["dataset"]["fingerprint"]) == 32
+    assert sum(m["selection"]["per_class"]) == 180 and max(m["selection"]["per_class"]) - min(m["selection"]["per_class"]) <= 1
+    assert [b["selected"] for b in m["selection"]["bins"]] == [18] * 10
+    assert {"read", "embed", "bins", "sample", "write", "total"} <= set(m["timings_seconds"])
+    assert m["versions"]["numpy"] == np.__version__ and "torch" in m["versions"]
+    # the same seed again (cached embedding) gives the same indices
+    code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
+    assert code == 0 and "[cached]" in stdout
+    assert np.array_equal(read_output(out).indices, res.indices)
+    code, stdout, _ = run(capsys, "info", out)
+    assert code == 0 and "bin" in stdout and "selected per class" in stdout
+
+
+def test_random_method_and_exports(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, _ = run(capsys, "compress", "digits", "--method", "random", "--ratio", "0.05", "--out", out, "--export", "npz", "--quiet")
+    assert code == 0
+    res = read_output(out)
+    digits = load_digits()
+    with np.load(out / "export.npz") as z:
+        assert np.array_equal(z["indices"], res.indices)
+        assert np.array_equal(z["images"], digits.images[res.indices])
+        assert np.array_equal(z["labels"], digits.labels[res.indices])
+    assert np.bincount(digits.labels[res.indices], minlength=10).min() >= 8
+    out2 = tmp_path / "f"
+    code, _, _ = run(capsys, "compress", "digits", "--method", "random", "--ratio", "0.02", "--out", out2, "--export", "imagefolder", "--quiet")
+    assert code == 0
+    idx = read_output(out2).indices
+    i = int(idx[0])
+    from PIL import Image
+
+    png = np.asarray(Image.open(out2 / "export" / digits.classes[digits.labels[i]] / f"{i:07d}.png"))
+    assert np.array_equal(png, digits.images[i, ..., 0])
+
+
+def test_subset_dataset_and_sampler(tmp_path, capsys):
+    out = tmp_path / "s"
+    run(capsys, "compress", "digits", "--method", "random", "--ratio", "0.1", "--out", out, "--quiet")
+    subset = load_subset(out)
+    idx = read_output(out).indices
+    digits = load_digits()
+    x, y = subset[3]
+    assert x.shape == (1, 8, 8) and y == digits.labels[idx[3]]
+    assert np.allclose(x.numpy()[0], digits.images[idx[3], ..., 0] / 255.0)
+    sampler = SubsetSampler(idx, seed=1)
+    first = list(sampler)
+    assert sorted(first) == idx.tolist() and first != list(sampler) or len(idx) < 2
+    assert list(SubsetSampler(idx, seed=1)) == first
+
+
+@pytest.fixture(scope="module")
+def cifar_slice(tmp_path_factory):
+    """The first 20 train and 5 test images of every class of the real CIFAR-10 tar."""
+    src = shared("cifar10", "cifar10-jpeg.tar")
+    dst = tmp_path_factory.mktemp("cifar") / "cifar-slice.tar"
+    keep = {}
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for m in tin:
+            if not m.isfile() or m.name.count("/") != 2:
+                continue
+            split, cls, _ = m.name.split("/")
+            n = keep.get((split, cls), 0)
+            if n < (20 if split == "train" else 5):
+                keep[(split, cls)] = n + 1
+                tout.addfile(m, tin.extractfile(m))
+    return dst
+
+
+def test_compress_cifar_slice(tmp_path, capsys, cifar_slice):
+    out = tmp_path / "c"
+    code, stdout, _ = run(capsys, "compress", cifar_slice, "--ratio", "0.1", "--bins", "2", "--epochs", "1", "--width", "8", "--out", out, "--quiet")
+    assert code == 0, stdout
+    res = read_output(out)
+    ds = load_dataset(cifar_slice)
+    assert ds.classes[0] == "airplane" and len(ds) == 200
+    assert len(res.indices) == 20 and np.bincount(ds.labels[res.indices]).tolist() == [2] * 10
+    assert res.manifest["dataset"]["fingerprint"] == ds.fingerprint()
+
+
+def _one_line_error(code, err, pattern):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["digits", "--ratio", "0"], "ratio"),
+        (["digits", "--ratio", "1.5"], "ratio"),
+        (["digits", "--bins", "0"], "--bins"),
+        (["digits", "--bins", "200"], "class '8' has only 174 samples"),
+        (["/nonexistent/data.tar"], "no such file"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_and_no_output(tmp_path, capsys, args, pattern):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "compress", *args, "--out", out, "--epochs", "0")
+    _one_line_error(code, err, pattern)
+    assert not out.exists()
+
+
+def test_bad_files_fail_with_one_line_and_no_output(tmp_path, capsys):
+    out = tmp_path / "o"
+    (tmp_path / "corrupt.tar").write_bytes(b"\x1f\x8b this is not gzip")
+    code, _, err = run(capsys, "compress", tmp_path / "corrupt.tar", "--out", out)
+    _one_line_error(code, err, "corrupt.tar")
+    np.save(tmp_path / "f.npy", np.ones((6, 3), np.float32))
+    np.save(tmp_path / "l.npy", np.arange(5))
+    code, _, err = run(capsys, "compress", tmp_path / "f.npy", "--labels", tmp_path / "l.npy", "--bins", "1", "--out", out)
+    _one_line_error(code, err, "do not match 6 feature rows")
+    bad = np.ones((6, 3), np.float32)
+    bad[4, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", features=bad)
+    code, _, err = run(capsys, "compress", tmp_path / "nan.npz", "--bins", "2", "--out", out)
+    _one_line_error(code, err, "row 4 contains NaN or inf")
+    np.savez(tmp_path / "empty.npz", features=np.zeros((0, 3), np.float32))
+    code, _, err = run(capsys, "compress", tmp_path / "empty.npz", "--out", out)
+    _one_line_error(code, err, "non-empty")
+    np.save(tmp_path / "short.npy", np.ones((100, 2), np.float32))
+    code, _, err = run(capsys, "compress", "digits", "--encoder", f"features:{tmp_path / 'short.npy'}", "--out", out)
+    _one_line_error(code, err, "100 feature rows do not match the 1797 samples")
+    (tmp_path / "emptydir").mkdir()
+    code, _, err = run(capsys, "compress", tmp_path / "emptydir", "--out", out)
+    _one_line_error(code, err, "no images found")
+    assert not out.exists()
+
+
+def test_features_input_and_existing_output(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", features=rng.standard_normal((50, 4)).astype(np.float32), labels=np.repeat([0, 1], 25))
+    out = tmp_path / "o"
+    code, stdout, _ = run(capsys, "compress", tmp_path / "f.npz", "--ratio", "0.2", "--bins", "5", "--out", out, "--quiet")
+    assert code == 0 and "selected 10 of 50" in stdout
+    code, _, err = run(capsys, "compress", tmp_path / "f.npz", "--out", out)
+    _one_line_error(code, err, "already exists")
+
+
+def test_interrupted_run_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import dsquant.artifact as artifact
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "export_subset", boom)
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "compress", "digits", "--method", "random", "--out", out, "--export", "npz")
+    assert code == 130 and "nothing was written" in err
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from dsquant.cache import Cache
+from dsquant.core.similarity import GradientEmbedding, GradientKernel
+from dsquant.data import DataError, load_digits
+from dsquant.embed import PixelEncoder, PrecomputedEncoder, ProxyEncoder, embed, make_encoder, softmax_delta
+
+from reference import explicit_gradients
+
+
+def test_softmax_delta_hand_computed():
+    # softmax([0, ln 3]) = [0.25, 0.75]; label 0 -> [0.25 - 1, 0.75]
+    d = softmax_delta(np.array([[0.0, np.log(3.0)]], dtype=np.float32), np.array([0]))
+    assert np.allclose(d, [[-0.75, 0.75]], atol=1e-7)
+    # rows of softmax - onehot sum to zero
+    rng = np.random.default_rng(0)
+    d = softmax_delta(rng.standard_normal((5, 4)).astype(np.float32) * 10, rng.integers(0, 4, 5))
+    assert np.allclose(d.sum(axis=1), 0, atol=1e-6)
+
+
+def test_gradient_gram_factorises_exactly(rng):
+    n, c, d = 12, 3, 5
+    delta = rng.standard_normal((n, c))
+    feats = rng.standard_normal((n, d))
+    g = explicit_gradients(delta, feats)
+    assert np.allclose(g @ g.T, (delta @ delta.T) * (1 + feats @ feats.T))
+    emb = GradientEmbedding(delta, feats)
+    assert np.allclose(emb.norms(), np.linalg.norm(g, axis=1))
+    kernel = GradientKernel(emb, dtype=np.float64)
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    assert np.allclose(kernel.rows(np.array([0, 5])), cos[[0, 5]])
+    assert np.allclose(kernel.column_sums(), cos.sum(axis=0))
+
+
+def _small_digits(n=240):
+    d = load_digits()
+    return d.subset(np.arange(n))
+
+
+def test_proxy_is_deterministic_for_a_seed():
+    ds = _small_digits()
+    a = ProxyEncoder(epochs=1, width=8, seed=3).encode(ds)
+    b = ProxyEncoder(epochs=1, width=8, seed=3).encode(ds)
+    c = ProxyEncoder(epochs=1, width=8, seed=4).encode(ds)
+    assert a.features.shape == (240, 32) and a.delta.shape == (240, 10)
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.delta, b.delta)
+    assert not np.array_equal(a.features, c.features)
+    assert a.kind == "gradient" and isinstance(a.for_binning(), GradientEmbedding)
+
+
+def test_proxy_learns_the_digits():
+    ds = load_digits()
+    emb = ProxyEncoder(epochs=4, width=16, seed=0).encode(ds)
+    # a few epochs on 1,797 8x8 digits: well above chance (0.1)
+    assert emb.info["train_accuracy"] > 0.8
+
+
+def test_embedding_cache_hits_on_the_same_data_and_config(tmp_path):
+    ds = _small_digits()
+    cache = Cache(tmp_path)
+    enc = ProxyEncoder(epochs=1, width=8)
+    first, rec1 = embed(enc, ds, cache)
+    second, rec2 = embed(ProxyEncoder(epochs=1, width=8), ds, cache)
+    assert not rec1["cached"] and rec2["cached"] and rec1["key"] == rec2["key"]
+    assert np.array_equal(first.features, second.features) and second.kind == "gradient"
+    _, rec3 = embed(ProxyEncoder(epochs=2, width=8), ds, cache)
+    assert rec3["key"] != rec1["key"] and not rec3["cached"]
+    _, rec4 = embed(enc, ds.subset(np.arange(200)), cache)
+    assert rec4["key"] != rec1["key"]
+
+
+def test_proxy_checkpoint_round_trip_and_wrong_checkpoint(tmp_path):
+    ds = _small_digits()
+    enc = ProxyEncoder(epochs=1, width=8)
+    emb = enc.encode(ds)
+    torch.save(enc.model.state_dict(), tmp_path / "proxy.pt")
+    again = ProxyEncoder(width=8, checkpoint=tmp_path / "proxy.pt").encode(ds)
+    assert np.allclose(again.features, emb.features, atol=1e-5)
+    with pytest.raises(DataError, match="proxy.pt: not a proxy checkpoint"):
+        ProxyEncoder(width=16, checkpoint=tmp_path / "proxy.pt").encode(ds)
+
+
+def test_pixels_and_precomputed(tmp_path):
+    ds = _small_digits(10)
+    px = PixelEncoder().encode(ds)
+    assert px.features.shape == (10, 64) and px.features.max() == 1.0
+    np.save(tmp_path / "f.npy", np.ones((10, 3), np.float32))
+    assert make_encoder(f"features:{tmp_path / 'f.npy'}").encode(ds).features.shape == (10, 3)
+    np.save(tmp_path / "g.npy", np.ones((9, 3), np.float32))
+    with pytest.raises(DataError, match="9 feature rows do not match the 10 samples"):
+        PrecomputedEncoder(tmp_path / "g.npy").encode(ds)
+    with pytest.raises(ValueError, match="encoder"):
+        make_encoder("clip")

@@ -24,7 +24,7 @@ def naive_bin_sizes(class_counts, n_bins):
     return sizes
 
 
-def naive_graphcut_pool(sim, budget, lam=1.0, tol=1e-9):
+def naive_graphcut_pool(sim, budget, lam=1.0, tol=1e-11):
     """O(B^2 n) greedy GraphCut on a dense similarity matrix: the gain of every candidate is
     recomputed from scratch at every step as lam * colsum - 2 * sum over the selected rows.
     Ties (within tol) go to the lowest index."""

@@ -147,3 +147,15 @@ def test_progress_reports_every_sample_once(rng):
 def test_bad_input_is_rejected_with_a_named_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_bins(**kwargs)
+
+
+def test_float32_rows_still_give_the_exact_float64_greedy(rng):
+    # pairs of samples 1e-7 apart (relative): their gains differ by far less than float32
+    # rounding of a similarity but far more than float64's; only exact re-scoring orders them
+    base = np.maximum(rng.standard_normal((40, 12)), 0)
+    twins = base * (1 + 1e-7 * rng.standard_normal(base.shape))
+    feats = np.concatenate([base, twins])
+    expected = naive_bins(feats, 4)
+    for block in (3, 80):
+        got = generate_bins(feats, 4, block_size=block, dtype=np.float32)
+        assert [b.tolist() for b in got] == [b.tolist() for b in expected]

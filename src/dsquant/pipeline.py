@@ -151,8 +151,8 @@ def compress(
     embedding: str = "gradient",
     proxy_width: int = 32,
     proxy_checkpoint: str | None = None,
-    block_size: int = 4096,
-    precision: str = "float64",
+    block_size: int | None = None,
+    precision: str = "float32",
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     device: str | None = None,
@@ -181,8 +181,8 @@ def compress(
         embedding: ``"gradient"`` (factorised last-layer gradients, DQ's default) or
             ``"features"`` (penultimate features) for the proxy.
         proxy_width, proxy_checkpoint: the proxy's width; a local checkpoint to use untrained.
-        block_size, precision: memory block and similarity precision of bin generation
-            (:func:`dsquant.generate_bins`).
+        block_size, precision: rows of similarities held per class and their precision in bin
+            generation (:func:`dsquant.generate_bins`; the bins are exact either way).
         cache_dir, use_cache: where decoded datasets and embeddings are cached.
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.

@@ -10,15 +10,16 @@ per-class bin sizes follow the official code (see :func:`bin_sizes`).
 
 How this is fast and exact:
 
-* ``sum_{i in V} s_ix`` is one matrix-vector product over the pool (no n x n matrix);
-* the gains of every sample are kept up to date with a running sum,
-  ``gain <- gain - (1 + cos(f_x*, f_V))`` after each pick, accumulated in float64,
-  so a step costs O(n) instead of the official O(|S| n);
-* rows ``cos(f_x, f_V)`` are computed only for a block of the current best candidates
-  (at most ``block_size`` rows of length n at a time); when the argmax falls outside the
-  block, the block is refilled from the current top of the gains. The argmax is always taken
-  over the exact gains of every sample, so the result is the plain greedy's, ties going to the
-  lowest index.
+* ``sum_{i in V} s_ix`` is one matrix-vector product over the pool, not an n x n matrix;
+* the gains of every sample are kept up to date with a running float64 sum,
+  ``gain <- gain - (1 + cos(f_x*, f_V))`` after each pick, so a step costs O(n) instead of the
+  official O(|S| n);
+* the rows ``cos(f_x, f_V)`` are computed by matrix products, a batch at a time, for the
+  samples with the highest gains, and held in a buffer of bounded size (``memory``); each
+  sample's row is computed about once, so the total work is about half a Gram matrix;
+* the rows may be float32 and the result is still the exact float64 greedy: samples whose
+  running gain is within the rounding bound of the best are re-scored exactly before a pick,
+  and ties (within 64 float64 ulps) go to the lowest index.
 
 Pure numpy, no I/O.
 """
@@ -41,6 +42,8 @@ ProgressFn = Callable[[int], None]
 # Two scores closer than this many float64 ulps of the score scale are a tie (lowest index wins):
 # the same score reached by two paths (a running sum, a matrix product) differs in the last bits.
 _TIE_ULPS = 64
+# Above this many samples within the error band of the best score, re-anchor all scores.
+_MAX_RESCORE = 32
 
 
 def _check_features(features) -> int:
@@ -121,16 +124,22 @@ def bin_sizes(class_counts: Sequence[int], n_bins: int) -> np.ndarray:
 class _RowsState:
     """Rows ``cos(f_x, f_i)`` over every column i of the kernel, for up to ``capacity`` samples x.
 
-    Rows are computed ``batch`` at a time for the samples with the highest scores that lack one,
-    and kept until the buffer is full; then the rows of the lowest-scoring samples make room.
+    Rows are computed ``batch`` at a time (one matrix product) for the samples with the highest
+    scores that lack one, and kept until the buffer is full; then the rows of the
+    lowest-scoring samples make room. The buffer is one flat array, reused in place as the pool
+    shrinks: memory stays at ``capacity * width`` values.
     """
 
-    def __init__(self, kernel, capacity: int, batch: int = 256) -> None:
+    def __init__(self, kernel, capacity: int, batch: int = 256, buffer: np.ndarray | None = None) -> None:
         width = len(kernel)
         self.kernel = kernel
         self.capacity = max(1, min(capacity, width))
         self.batch = max(1, min(batch, self.capacity))
-        self.rows = np.empty((self.capacity, width), dtype=kernel.dtype)
+        size = self.capacity * width
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(size, dtype=kernel.dtype)
+        self.buffer = buffer
+        self.rows = buffer[:size].reshape(self.capacity, width)
         self.owner = np.full(self.capacity, -1, dtype=np.int64)  # column held by each slot
         self.slot = np.full(width, -1, dtype=np.int64)  # slot holding each column, or -1
         self.computed = 0
@@ -146,7 +155,6 @@ class _RowsState:
         free = np.flatnonzero(self.owner < 0)
         if len(free) < len(need):  # evict the held rows of the lowest-scoring samples
             held = np.flatnonzero(self.owner >= 0)
-            held = held[self.slot[self.owner[held]] >= 0]
             protect = np.zeros(width, dtype=bool)
             protect[top] = True
             held = held[~protect[self.owner[held]]]
@@ -156,24 +164,36 @@ class _RowsState:
             self.owner[evict] = -1
             free = np.flatnonzero(self.owner < 0)
         slots = free[: len(need)]
-        self.rows[slots] = self.kernel.rows(need)
+        if len(slots) and slots[-1] - slots[0] == len(slots) - 1:  # contiguous: write in place
+            self.kernel.rows(need, out=self.rows[slots[0] : slots[-1] + 1])
+        else:
+            self.rows[slots] = self.kernel.rows(need)
         self.owner[slots] = need
         self.slot[need] = slots
         self.computed += len(need)
 
-    def compact(self, keep: np.ndarray) -> "_RowsState":
-        """The same rows over the columns where ``keep`` is True, for the restricted kernel."""
+    def compact(self, keep: np.ndarray, capacity: int) -> "_RowsState":
+        """The same rows over the columns where ``keep`` is True, for the restricted kernel,
+        moved within the same buffer; at most ``capacity`` rows of the new width are kept."""
         kernel = self.kernel.restrict(keep)
-        new = _RowsState(kernel, self.capacity, self.batch)
-        new.computed = self.computed
-        remap = np.full(len(keep), -1, dtype=np.int64)
-        remap[keep] = np.arange(len(kernel))
+        m = len(kernel)
+        capacity = max(1, min(capacity, m, self.buffer.size // max(1, m)))
         held = np.flatnonzero(self.owner >= 0)
-        held = held[keep[self.owner[held]]][: new.capacity]
-        if len(held):
-            np.take(self.rows[held], np.flatnonzero(keep), axis=1, out=new.rows[: len(held)])
-            new.owner[: len(held)] = remap[self.owner[held]]
-            new.slot[new.owner[: len(held)]] = np.arange(len(held))
+        held = held[keep[self.owner[held]]][:capacity]
+        cols = np.flatnonzero(keep)
+        width = self.rows.shape[1]
+        flat = self.buffer
+        # row s (at s * width) moves to slot j (at j * m), j = 0, 1, ... in increasing s: j <= s
+        # and m < width, so no destination overlaps a row still to be moved
+        for j, s in enumerate(held):
+            flat[j * m : (j + 1) * m] = flat[s * width : (s + 1) * width][cols]
+        remap = np.full(len(keep), -1, dtype=np.int64)
+        remap[keep] = np.arange(m)
+        owners = remap[self.owner[held]]
+        new = _RowsState(kernel, capacity, self.batch, buffer=flat)
+        new.computed = self.computed
+        new.owner[: len(owners)] = owners
+        new.slot[owners] = np.arange(len(owners))
         return new
 
 
@@ -182,83 +202,105 @@ class _PoolGreedy:
 
     Scores are ``score(x) = 0.5 * lam * sum_{i in V} cos_ix - sum_{j in S} cos_jx``: the GraphCut
     gain ``lam * sum_V s_ix - 2 sum_S s_jx`` minus ``0.5 lam |V| - |S|``, which is the same for
-    every x, so the argmax is the same. Every sample's score is exact at every step (a running
-    float64 sum); the rows ``cos(f_x, f_V)`` it needs come from a :class:`_RowsState`, carried
-    from bin to bin. Samples already in a bin keep their column (score -inf) until fewer than half
-    the columns are alive; then the rows are compacted.
+    every x, so the argmax is the same.
+
+    Every sample's score is kept up to date with rows ``cos(f_x*, f_V)`` from a
+    :class:`_RowsState` (in the kernel's dtype), summed in float64. The result is nevertheless
+    the exact float64 greedy: each row entry is off by at most ``kernel.row_error``, so ``t``
+    steps after its last exact value a score is within ``t * row_error`` of the truth; every
+    sample whose running score is that close to the best is re-scored exactly
+    (``sum_S cos_jx = <f_x, sum_S f_j>`` in float64) and the best exact score wins, ties (within
+    64 ulps) going to the lowest index. When too many samples are that close, every score is
+    re-anchored to its exact value.
     """
 
-    def __init__(self, kernel, lam: float, block_size: int) -> None:
+    def __init__(self, kernel, lam: float, block_size: int | None, memory: int) -> None:
         self.lam = float(lam)
         self.index = np.arange(len(kernel), dtype=np.int64)  # column -> position in the pool
-        self.alive = np.ones(len(kernel), dtype=bool)
         self.column_sums = np.array(kernel.column_sums(), dtype=np.float64)
-        self.rows = _RowsState(kernel, block_size)
+        self.block_size = block_size
+        self.memory = memory
+        self.rows = _RowsState(kernel, self._capacity(len(kernel), kernel.dtype))
+        self.stats = {"rescored": 0, "anchors": 0}
 
-    @property
-    def remaining(self) -> np.ndarray:
-        """Positions in the pool of the samples not yet in a bin, sorted."""
-        return self.index[self.alive]
+    def _capacity(self, width: int, dtype) -> int:
+        """Rows of ``width`` values that fit: ``block_size`` if given, else the memory budget."""
+        if self.block_size is not None:
+            return self.block_size
+        return max(1, self.memory // (width * np.dtype(dtype).itemsize))
 
     def select(self, budget: int, progress: ProgressFn | None = None) -> np.ndarray:
         """Greedily pick ``budget`` samples of the remaining pool and remove them from it.
 
-        Returns the picks as positions in the pool, in selection order.
+        Returns the picks as positions in the first pool, in selection order.
         """
-        alive = self.alive
-        score0 = np.where(alive, (0.5 * self.lam) * self.column_sums, -np.inf)
-        scores = score0.copy()
-        n_alive = int(alive.sum())
-        # scores reached by different float64 paths differ by rounding: this close is a tie
-        scale = float(np.abs(score0[alive]).max()) if n_alive else 0.0
-        tol = _TIE_ULPS * np.finfo(np.float64).eps * (scale + budget + 1.0)
         state = self.rows
+        kernel = state.kernel
+        n = len(self.index)
+        score0 = (0.5 * self.lam) * self.column_sums
+        scores = score0.copy()
+        picked_sum = kernel.accumulator()  # exact float64 sum_{j in S} f_j (or its factors)
+        # scores reached by different float64 paths differ by rounding: this close is a tie
+        scale = float(np.abs(score0).max()) + budget + 1.0
+        tol = _TIE_ULPS * np.finfo(np.float64).eps * scale
+        drift = kernel.row_error + 4 * np.finfo(np.float64).eps * scale  # per step, at most
         rows, slot, owner = state.rows, state.slot, state.owner
         chosen = np.empty(budget, dtype=np.int64)
+        since_exact = 0
         reported = 0
         for step in range(budget):
             x = int(scores.argmax())
-            if x and scores[:x].max() >= scores[x] - tol:  # a near-tie at a lower index wins
-                x = int(np.argmax(scores[:x] >= scores[x] - tol))
+            close = np.flatnonzero(scores >= scores[x] - (2.0 * since_exact * drift + tol))
+            if len(close) > 1:
+                if len(close) > _MAX_RESCORE:  # re-anchor every score to its exact value
+                    live = np.flatnonzero(np.isfinite(scores))
+                    scores[live] = score0[live] - picked_sum.dot(live)
+                    since_exact = 0
+                    self.stats["anchors"] += 1
+                    x = int(scores.argmax())
+                    close = np.flatnonzero(scores >= scores[x] - tol)
+                if len(close) > 1:  # re-score the contenders exactly; lowest index on a tie
+                    exact = score0[close] - picked_sum.dot(close)
+                    x = int(close[np.argmax(exact >= exact.max() - tol)])
+                    self.stats["rescored"] += 1
             j = slot[x]
             if j < 0:
-                state.refill(scores, n_alive - step, x)
+                state.refill(scores, n - step, x)
                 j = slot[x]
             scores -= rows[j]
             scores[x] = -np.inf
             owner[j] = -1
             slot[x] = -1
+            picked_sum.add(x)
             chosen[step] = x
+            since_exact += 1
             if progress is not None and step + 1 - reported >= 1024:
                 progress(step + 1 - reported)
                 reported = step + 1
         if progress is not None and budget > reported:
             progress(budget - reported)
-        alive[chosen] = False
+        keep = np.ones(n, dtype=bool)
+        keep[chosen] = False
+        rest = np.flatnonzero(keep)
         # sum_{i in V'} cos_ix = sum_{i in V} cos_ix - sum_{j in S} cos_jx for the next pool V'
-        sums = np.zeros_like(self.column_sums)
-        sums[alive] = self.column_sums[alive] - (score0[alive] - scores[alive])
-        self.column_sums = sums
+        self.column_sums = self.column_sums[rest] - picked_sum.dot(rest)
         picked = self.index[chosen]
-        if 0 < 2 * (n_alive - budget) < len(alive):
-            self.rows = state.compact(alive)
-            self.index = self.index[alive]
-            self.column_sums = self.column_sums[alive]
-            self.alive = np.ones(len(self.index), dtype=bool)
+        self.index = self.index[rest]
+        if len(rest):
+            self.rows = state.compact(keep, self._capacity(len(rest), kernel.dtype))
         return picked
 
 
-def _bins_of_pool(features, sizes, lam, block_size, dtype, progress) -> list[np.ndarray]:
+def _bins_of_pool(features, sizes, lam, block_size, dtype, progress, memory=2**31) -> list[np.ndarray]:
     """Bins of one pool: local positions (sorted int64) for each of the K bins."""
-    greedy = _PoolGreedy(make_kernel(features, dtype=dtype), lam, block_size)
+    greedy = _PoolGreedy(make_kernel(features, dtype=dtype), lam, block_size, memory)
     out: list[np.ndarray] = []
     for budget in sizes[:-1]:
-        budget = min(int(budget), int(greedy.alive.sum()))
+        budget = min(int(budget), len(greedy.index))
         out.append(np.sort(greedy.select(budget, progress)))
-    rest = greedy.remaining
-    out.append(rest)
-    if progress is not None and len(rest):
-        progress(len(rest))
+    out.append(greedy.index)
+    if progress is not None and len(greedy.index):
+        progress(len(greedy.index))
     return out
 
 
@@ -268,8 +310,9 @@ def generate_bins(
     labels: np.ndarray | None = None,
     *,
     lam: float = 1.0,
-    block_size: int = 4096,
-    dtype: type = np.float64,
+    block_size: int | None = None,
+    memory: int = 2**31,
+    dtype: type = np.float32,
     n_jobs: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[np.ndarray]:
@@ -284,13 +327,14 @@ def generate_bins(
             separately ("balanced"), with the official per-class bin sizes (:func:`bin_sizes`);
             without, the whole set is one pool.
         lam: GraphCut lambda (the DQ papers use 1).
-        block_size: at most this many candidate rows of similarities are held per pool
-            (memory ``block_size * n_pool`` values of ``dtype``).
-        dtype: precision of the similarity rows. float64 (default) is the exact greedy: gains
-            closer than 64 float64 ulps count as ties and go to the lowest index. float32 takes
-            about 2/3 of the time and half the memory, but gains closer than float32 rounding
-            (about 1e-7 of a gain) may come out in either order. Gains are accumulated in
-            float64 either way.
+        block_size: at most this many rows of similarities (each of the pool's length) are held
+            per pool; by default as many as ``memory`` allows.
+        memory: bytes of similarity rows held per pool when ``block_size`` is None (default
+            2 GiB; pools binned at once on ``n_jobs`` threads have one each). Nothing else grows
+            faster than n d: no n x n matrix is ever built beyond this buffer.
+        dtype: precision of the similarity rows, a speed and memory knob only: the result is the
+            exact float64 greedy either way. float32 (default) halves the memory and time of
+            the rows; float64 needs fewer exact re-scorings.
         n_jobs: pools (classes) binned at once, on threads (default: one per CPU core). The
             result does not depend on it.
         progress: optional callable, called with the number of samples placed since its last
@@ -299,7 +343,8 @@ def generate_bins(
     Returns:
         K int64 arrays of sorted indices into ``features``; together they partition
         ``range(N)``. Bin k < K-1 holds the greedy GraphCut selection from what bins 0..k-1 left;
-        the last bin holds the remainder.
+        the last bin holds the remainder. Ties (gains within 64 float64 ulps) go to the lowest
+        index.
 
     Raises:
         ValueError: on a non-2-D or empty feature array, NaN or inf features, ``n_bins < 1``,
@@ -310,8 +355,10 @@ def generate_bins(
     n = _check_features(features)
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected an integer >= 1, got {block_size!r}")
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size: expected an integer >= 1 or None, got {block_size!r}")
+    if memory < 1:
+        raise ValueError(f"memory: expected a positive number of bytes, got {memory!r}")
     if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
     check_finite(features)
@@ -345,7 +392,7 @@ def generate_bins(
             if isinstance(features, GradientEmbedding)
             else np.asarray(features[group])
         )
-        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress)
+        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress, memory)
         return [group[b] for b in local]
 
     workers = min(len(groups), n_jobs if n_jobs is not None else (os.cpu_count() or 1))

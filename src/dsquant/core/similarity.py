@@ -73,6 +73,45 @@ class GradientEmbedding:
         return np.sqrt(np.einsum("ij,ij->i", d, d) * (1.0 + np.einsum("ij,ij->i", e, e)))
 
 
+class _SumAccumulator:
+    """Running ``m = sum_{j added} u_j`` of unit rows (float64): ``sum_j cos(u_j, u_x) = <u_x, m>``."""
+
+    def __init__(self, unit64: np.ndarray) -> None:
+        self._unit64 = unit64
+        self._sum = np.zeros(unit64.shape[1], dtype=np.float64)
+
+    def add(self, x: int) -> None:
+        self._sum += self._unit64[x]
+
+    def dot(self, index: np.ndarray) -> np.ndarray:
+        """(len(index),) float64: ``sum_{j added} cos(j, x)`` for x in ``index``."""
+        return self._unit64[index] @ self._sum
+
+
+class _OuterAccumulator:
+    """The same for factorised gradients: ``sum_j dt_j`` and ``sum_j dt_j e_j^T`` (float64)."""
+
+    def __init__(self, delta64: np.ndarray, feat64: np.ndarray) -> None:
+        self._delta, self._feat = delta64, feat64
+        self._sum = np.zeros(delta64.shape[1], dtype=np.float64)
+        self._cross = np.zeros((delta64.shape[1], feat64.shape[1]), dtype=np.float64)
+
+    def add(self, x: int) -> None:
+        self._sum += self._delta[x]
+        self._cross += np.outer(self._delta[x], self._feat[x])
+
+    def dot(self, index: np.ndarray) -> np.ndarray:
+        delta, feat = self._delta[index], self._feat[index]
+        return delta @ self._sum + np.einsum("ij,ij->i", delta @ self._cross, feat)
+
+
+def _dot_error(length: int, dtype) -> float:
+    """Bound on |computed - exact| of a dot product of two vectors of norm <= 1 whose entries
+    were rounded to ``dtype``: input rounding 2u plus summation gamma_n = n u / (1 - n u)."""
+    u = float(np.finfo(dtype).eps) / 2
+    return 2 * u + length * u / (1 - length * u)
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` (float64) scaled to unit L2 norm; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float64)
@@ -92,8 +131,15 @@ class CosineKernel:
     def __init__(self, features: np.ndarray, dtype: type = np.float32) -> None:
         unit = _unit_rows(features)
         self._column_sums = unit @ unit.sum(axis=0)
+        self._unit64 = unit
         self._unit = unit.astype(dtype, copy=False)
         self.dtype = np.dtype(dtype)
+        #: bound on the error of one entry of :meth:`rows` (cosines lie in [-1, 1])
+        self.row_error = _dot_error(unit.shape[1], self.dtype)
+
+    def accumulator(self) -> _SumAccumulator:
+        """An exact float64 running sum of rows, to re-score samples exactly."""
+        return _SumAccumulator(self._unit64)
 
     def __len__(self) -> int:
         return int(self._unit.shape[0])
@@ -102,15 +148,18 @@ class CosineKernel:
         """(n,) float64: ``sum_i cos(f_i, f_x)`` over all rows i, for every row x."""
         return self._column_sums
 
-    def rows(self, cand: np.ndarray) -> np.ndarray:
-        """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype."""
-        return self._unit[cand] @ self._unit.T
+    def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype
+        (written into ``out`` when given)."""
+        return np.matmul(self._unit[cand], self._unit.T, out=out)
 
     def restrict(self, keep: np.ndarray) -> "CosineKernel":
         """The kernel over the rows where the boolean mask ``keep`` is True. Its column sums
         are not kept: they depend on the set."""
         new = CosineKernel.__new__(CosineKernel)
-        new._unit, new.dtype, new._column_sums = self._unit[keep], self.dtype, None
+        new._unit64 = self._unit64[keep]
+        new._unit = new._unit64 if self._unit is self._unit64 else self._unit[keep]
+        new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
         return new
 
 
@@ -129,9 +178,19 @@ class GradientKernel:
         feat = np.asarray(embedding.features, dtype=np.float64)
         cross = delta.T @ feat  # (C, d)
         self._column_sums = delta @ delta.sum(axis=0) + np.einsum("ij,ij->i", delta @ cross, feat)
+        self._delta64, self._feat64 = delta, feat
         self._delta = delta.astype(dtype, copy=False)
         self._feat = feat.astype(dtype, copy=False)
         self.dtype = np.dtype(dtype)
+        # cos = <dt, dt'> (1 + <e, e'>), where |dt||dt'| (1 + |e||e'|) <= 1: the error of
+        # <e, e'> (<= gamma |e||e'|) and of <dt, dt'> (<= gamma |dt||dt'|) each add at most one
+        # dot-product bound, plus the rounding of the sum and the product
+        u = float(np.finfo(self.dtype).eps) / 2
+        self.row_error = 1.01 * (_dot_error(delta.shape[1], self.dtype) + _dot_error(feat.shape[1], self.dtype) + 3 * u)
+
+    def accumulator(self) -> _OuterAccumulator:
+        """An exact float64 running sum of rows, to re-score samples exactly."""
+        return _OuterAccumulator(self._delta64, self._feat64)
 
     def __len__(self) -> int:
         return int(self._delta.shape[0])
@@ -140,9 +199,10 @@ class GradientKernel:
         """(n,) float64: ``sum_i cos(g_i, g_x)`` over all rows i, for every row x."""
         return self._column_sums
 
-    def rows(self, cand: np.ndarray) -> np.ndarray:
-        """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype."""
-        out = self._feat[cand] @ self._feat.T
+    def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype
+        (written into ``out`` when given)."""
+        out = np.matmul(self._feat[cand], self._feat.T, out=out)
         out += 1.0
         out *= self._delta[cand] @ self._delta.T
         return out
@@ -150,8 +210,11 @@ class GradientKernel:
     def restrict(self, keep: np.ndarray) -> "GradientKernel":
         """The kernel over the rows where the boolean mask ``keep`` is True."""
         new = GradientKernel.__new__(GradientKernel)
-        new._delta, new._feat = self._delta[keep], self._feat[keep]
-        new.dtype, new._column_sums = self.dtype, None
+        new._delta64, new._feat64 = self._delta64[keep], self._feat64[keep]
+        lo = self._delta is not self._delta64
+        new._delta = self._delta[keep] if lo else new._delta64
+        new._feat = self._feat[keep] if lo else new._feat64
+        new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
         return new
 
 

@@ -206,7 +206,8 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
 
 def test_digits_and_arrays():
     d = load_digits()
-    assert d.images.shape == (1797, 8, 8, 1) and d.images.max() == 255
+    assert d.images.shape == (1437, 8, 8, 1) and d.images.max() == 255
+    assert len(load_digits("test")) == 360 and load_digits("test").split == "test"
     a = from_arrays(np.zeros((4, 3, 3), np.uint8), [0, 1, 1, 0])
     assert a.images.shape == (4, 3, 3, 1) and a.classes == ["0", "1"]
     with pytest.raises(DataError, match="one entry per image"):

@@ -55,7 +55,7 @@ def test_proxy_learns_the_digits():
     ds = load_digits()
     emb = ProxyEncoder(epochs=4, width=16, seed=0).encode(ds)
     # a few epochs on 1,797 8x8 digits: well above chance (0.1)
-    assert emb.info["train_accuracy"] > 0.8
+    assert emb.info["train_accuracy"] > 0.6
 
 
 def test_embedding_cache_hits_on_the_same_data_and_config(tmp_path):

@@ -82,6 +82,78 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
+def _add_evaluate(sub) -> None:
+    from .evaluate import ARCHITECTURES, PRESETS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="train unseen architectures on a compressed set and test them",
+        description="Train models from scratch on the compressed set of DIR and report the final epoch's "
+        "test accuracy (mean +- std over seeds) on the dataset's test split.",
+    )
+    p.add_argument("dir", help="output directory of 'dsquant compress'")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="training protocol: cpu (default, 2 cores) or paper (ResNet-18, 200 epochs; for a GPU)")
+    p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--test", help="the test set, if the dataset has no 'test' split")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_benchmark(sub) -> None:
+    from .evaluate import ARCHITECTURES, PRESETS
+
+    p = sub.add_parser(
+        "benchmark",
+        help="grid of datasets x methods x keep ratios x architectures x seeds",
+        description="Run (or resume) a benchmark grid. Every finished cell is stored in OUT/results.sqlite "
+        "and skipped on a rerun; writes OUT/results.csv, results.md and accuracy.png.",
+    )
+    p.add_argument("--data", nargs="+", required=True, help="datasets with a test split (paths, or 'digits')")
+    p.add_argument("--methods", nargs="+", default=["random", "dq", "adq"], choices=["full", "random", "dq", "adq"])
+    p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.01, 0.05, 0.1, 0.2])
+    p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--out", required=True, help="directory of the results")
+    p.add_argument("--bins", type=_positive_int, default=10, help="bins K of dq/adq (default 10)")
+    p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
+    p.add_argument("--embedding", choices=["gradient", "features"], default="gradient")
+    p.add_argument("--alpha", type=float, help="ADQ alpha (default: compress's)")
+    p.add_argument("--title", default="", help="title of the report and plot")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_output
+
+    res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty())
+    print(f"dsquant evaluate: {res['n_train']} training samples, {res['n_test']} test samples, preset {args.preset}")
+    print(f"  {'architecture':<16} {'test accuracy (%)':>20}  per seed")
+    for s in res["summary"]:
+        per = [f"{100 * r['accuracy']:.2f}" for r in res["runs"] if r["arch"] == s["arch"]]
+        print(f"  {s['arch']:<16} {100 * s['mean']:>12.2f} ± {100 * s['std']:<5.2f}  {' '.join(per)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _cmd_benchmark(args) -> int:
+    from .evaluate import Grid, run_grid, write_reports
+
+    opts = {"n_bins": args.bins, "epochs": args.epochs, "embedding": args.embedding}
+    if args.alpha is not None:
+        opts["alpha"] = args.alpha
+    grid = Grid(args.data, args.methods, args.ratios, args.arch, args.seeds, args.preset, opts)
+    db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
+    paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
+    print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")
+    print(Path(paths["md"]).read_text())
+    return 0
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -186,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_compress(sub)
     _add_info(sub)
+    _add_evaluate(sub)
+    _add_benchmark(sub)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (already reported)
@@ -193,9 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     try:
-        if args.command == "compress":
-            return _cmd_compress(args)
-        return _cmd_info(args)
+        command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark}
+        return command[args.command](args)
     except (DataError, ValueError, FileExistsError, FileNotFoundError, PermissionError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"dsquant: error: {msg}", file=sys.stderr)

@@ -142,6 +142,7 @@ def compress(
     encoder: str = "proxy",
     seed: int = 0,
     epochs: int = 5,
+    proxy_seed: int | None = None,
     out: str | os.PathLike | None = None,
     export: str | None = None,
     overwrite: bool = False,
@@ -172,6 +173,8 @@ def compress(
             ``"pixels"`` or ``"features:PATH"``. Ignored for feature datasets.
         seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
         epochs: proxy training epochs.
+        proxy_seed: a separate seed for the proxy (default ``seed``): with it fixed, the
+            embedding and bins are computed once (and cached) while ``seed`` varies the sampling.
         out: output directory (nothing is written when None).
         export: also write the subset: ``"imagefolder"`` or ``"npz"``.
         overwrite: replace an existing ``out``.
@@ -233,7 +236,7 @@ def compress(
         if isinstance(dataset, FeatureDataset):
             enc = IdentityEncoder()
         else:
-            enc = make_encoder(encoder, epochs=epochs, width=proxy_width, seed=seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device) if encoder == "proxy" else make_encoder(encoder)
+            enc = make_encoder(encoder, epochs=epochs, width=proxy_width, seed=seed if proxy_seed is None else proxy_seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device) if encoder == "proxy" else make_encoder(encoder)
         enc_config = enc.config()
         t = time.perf_counter()
         emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)

@@ -181,12 +181,13 @@ class _RowsState:
         held = np.flatnonzero(self.owner >= 0)
         held = held[keep[self.owner[held]]][:capacity]
         cols = np.flatnonzero(keep)
-        width = self.rows.shape[1]
         flat = self.buffer
-        # row s (at s * width) moves to slot j (at j * m), j = 0, 1, ... in increasing s: j <= s
-        # and m < width, so no destination overlaps a row still to be moved
-        for j, s in enumerate(held):
-            flat[j * m : (j + 1) * m] = flat[s * width : (s + 1) * width][cols]
+        # row s (at s * width) moves to slot j (at j * m), j = 0, 1, ... in increasing s. A chunk
+        # is gathered before it is written, and j <= s with m < width, so no write reaches a row
+        # of a later chunk.
+        for start in range(0, len(held), 256):
+            part = np.take(self.rows[held[start : start + 256]], cols, axis=1)
+            flat[start * m : start * m + part.size] = part.ravel()
         remap = np.full(len(keep), -1, dtype=np.int64)
         remap[keep] = np.arange(m)
         owners = remap[self.owner[held]]
@@ -282,12 +283,12 @@ class _PoolGreedy:
         keep = np.ones(n, dtype=bool)
         keep[chosen] = False
         rest = np.flatnonzero(keep)
-        # sum_{i in V'} cos_ix = sum_{i in V} cos_ix - sum_{j in S} cos_jx for the next pool V'
-        self.column_sums = self.column_sums[rest] - picked_sum.dot(rest)
         picked = self.index[chosen]
         self.index = self.index[rest]
         if len(rest):
             self.rows = state.compact(keep, self._capacity(len(rest), kernel.dtype))
+            # sum_{i in V'} cos_ix = sum_{i in V} cos_ix - sum_{j in S} cos_jx for the next pool
+            self.column_sums = self.column_sums[rest] - self.rows.kernel.cos_sums(picked_sum)
         return picked
 
 

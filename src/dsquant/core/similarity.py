@@ -141,6 +141,10 @@ class CosineKernel:
         """An exact float64 running sum of rows, to re-score samples exactly."""
         return _SumAccumulator(self._unit64)
 
+    def cos_sums(self, acc: _SumAccumulator) -> np.ndarray:
+        """(n,) float64: ``sum_{j added to acc} cos(f_j, f_x)`` for every row x of this kernel."""
+        return self._unit64 @ acc._sum
+
     def __len__(self) -> int:
         return int(self._unit.shape[0])
 
@@ -191,6 +195,10 @@ class GradientKernel:
     def accumulator(self) -> _OuterAccumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
         return _OuterAccumulator(self._delta64, self._feat64)
+
+    def cos_sums(self, acc: _OuterAccumulator) -> np.ndarray:
+        """(n,) float64: ``sum_{j added to acc} cos(g_j, g_x)`` for every row x of this kernel."""
+        return self._delta64 @ acc._sum + np.einsum("ij,ij->i", self._delta64 @ acc._cross, self._feat64)
 
     def __len__(self) -> int:
         return int(self._delta.shape[0])

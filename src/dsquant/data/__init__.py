@@ -99,9 +99,7 @@ def load_dataset(
     """
     fmt = detect_format(spec)
     if fmt == "digits":
-        if split != "train":
-            raise DataError("digits: has a single split ('train')")
-        return load_digits()
+        return load_digits(split)
     if fmt == "imagefolder":
         return read_image_folder(spec, split=split, image_size=image_size, progress=progress)
     if fmt == "tar":

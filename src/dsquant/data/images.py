@@ -152,14 +152,27 @@ def from_arrays(
     return ImageDataset(np.asarray(images), labels, list(classes), source)
 
 
-def load_digits() -> ImageDataset:
-    """scikit-learn's digits (1,797 8x8 grayscale images, 10 classes), scaled from 0..16 to
-    0..255. Ships with scikit-learn: no download."""
+DIGITS_TRAIN = 1437  # the first 80 % of scikit-learn's digits; the last 360 are the test split
+
+
+def load_digits(split: str = "train") -> ImageDataset:
+    """scikit-learn's digits (8x8 grayscale, 10 classes), scaled from 0..16 to 0..255. Ships
+    with scikit-learn: no download. ``"train"`` is the first 1,437 images (80 %), ``"test"`` the
+    last 360.
+
+    Raises:
+        DataError: on another split name.
+    """
     from sklearn.datasets import load_digits as _load
 
+    if split not in ("train", "test"):
+        raise DataError(f"digits: no '{split}' split (expected 'train' or 'test')")
     bunch = _load()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return ImageDataset(images, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names], "digits")
+    part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return ImageDataset(
+        images[part].copy(), bunch.target[part].astype(np.int64), [str(c) for c in bunch.target_names], "digits", split
+    )
 
 
 # ----------------------------------------------------------------------------- image files

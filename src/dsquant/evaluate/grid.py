@@ -1,0 +1,262 @@
+"""``dsquant benchmark``: datasets x methods x keep ratios x architectures x seeds.
+
+Every finished cell is a row of a SQLite file (committed at once), so a rerun skips it and a
+killed run loses at most the cell in progress. Selections are stored too. The results are
+written as CSV, a Markdown table (mean +- std over seeds) and a PNG plot of accuracy against
+keep ratio, one panel per architecture.
+
+Methods: ``full`` (the whole training set), ``random`` (class-balanced random sampling, seeded
+like the others), ``dq`` and ``adq``. The proxy and the bins are computed once per dataset
+(proxy seed 0, cached); the seed varies the sampling and the training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .archs import get_architecture
+from .harness import PRESETS, Preset, summarise, train_and_test
+
+__all__ = ["Grid", "run_grid", "write_reports"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    dataset TEXT, method TEXT, ratio REAL, arch TEXT, seed INTEGER, preset TEXT, options TEXT,
+    accuracy REAL, n_train INTEGER, epochs INTEGER, batch_size INTEGER, seconds REAL, created TEXT,
+    PRIMARY KEY (dataset, method, ratio, arch, seed, preset, options)
+);
+CREATE TABLE IF NOT EXISTS selections (
+    dataset TEXT, method TEXT, ratio REAL, seed INTEGER, options TEXT, indices BLOB, seconds REAL,
+    PRIMARY KEY (dataset, method, ratio, seed, options)
+);
+"""
+
+
+@dataclass
+class Grid:
+    """What to run.
+
+    Attributes:
+        datasets: dataset paths (or ``"digits"``); each needs a test split.
+        methods: among ``full``, ``random``, ``dq``, ``adq``.
+        ratios: keep ratios in (0, 1] (``full`` ignores them).
+        archs: architecture names.
+        seeds: seeds of sampling and training.
+        preset: training preset name.
+        compress_options: extra keyword arguments of :func:`dsquant.compress` (n_bins, epochs,
+            embedding, alpha, ...); part of every cell's key.
+    """
+
+    datasets: list[str]
+    methods: list[str] = field(default_factory=lambda: ["random", "dq", "adq"])
+    ratios: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2])
+    archs: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    preset: str = "cpu"
+    compress_options: dict = field(default_factory=dict)
+
+    def options_key(self) -> str:
+        return json.dumps(self.compress_options, sort_keys=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path))
+    con.executescript(_SCHEMA)
+    return con
+
+
+def _name(dataset: str) -> str:
+    return "digits" if dataset == "digits" else Path(dataset).name.split(".")[0]
+
+
+def _selection(con, grid: Grid, dataset: str, train, method: str, ratio: float, seed: int, cache_dir) -> np.ndarray:
+    key = (_name(dataset), method, ratio, seed, grid.options_key())
+    row = con.execute(
+        "SELECT indices FROM selections WHERE dataset=? AND method=? AND ratio=? AND seed=? AND options=?", key
+    ).fetchone()
+    if row is not None:
+        return np.frombuffer(row[0], dtype=np.int64).copy()
+    t = time.perf_counter()
+    if method == "full":
+        idx = np.arange(len(train), dtype=np.int64)
+    else:
+        from ..pipeline import compress
+
+        opts = dict(grid.compress_options)
+        seed_proxy = opts.pop("proxy_seed", 0)
+        res = compress(train, ratio=ratio, method=method, seed=seed, proxy_seed=seed_proxy, cache_dir=cache_dir, **opts)
+        idx = res.indices
+    con.execute("INSERT OR REPLACE INTO selections VALUES (?,?,?,?,?,?,?)", (*key, idx.astype(np.int64).tobytes(), time.perf_counter() - t))
+    con.commit()
+    return idx
+
+
+def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = True, cache_dir=None, log=print) -> Path:
+    """Run every missing cell of ``grid``; results go to ``out/results.sqlite``.
+
+    Returns:
+        The path of the SQLite file.
+    """
+    from tqdm.auto import tqdm
+
+    from ..cache import Cache
+    from ..pipeline import read_dataset
+
+    out = Path(out)
+    db = out / "results.sqlite"
+    con = _connect(db)
+    preset: Preset = PRESETS[grid.preset]
+    archs = grid.archs or list(preset.archs)
+    for a in archs:
+        get_architecture(a)
+    for m in grid.methods:
+        if m not in ("full", "random", "dq", "adq"):
+            raise ValueError(f"methods: unknown method {m!r}; expected full, random, dq or adq")
+    cells = []
+    for ds in grid.datasets:
+        for method in grid.methods:
+            ratios = [1.0] if method == "full" else grid.ratios
+            for ratio in ratios:
+                for seed in grid.seeds:
+                    for arch in archs:
+                        cells.append((ds, method, float(ratio), seed, arch))
+    done = {
+        tuple(r)
+        for r in con.execute(
+            "SELECT dataset, method, ratio, seed, arch FROM results WHERE preset=? AND options=?", (grid.preset, grid.options_key())
+        )
+    }
+    todo = [c for c in cells if (_name(c[0]), *c[1:]) not in done]
+    log(f"benchmark: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {db}")
+    cache = Cache(cache_dir)
+    splits: dict[str, tuple] = {}
+    bar = tqdm(total=len(todo), desc="benchmark", unit="cell", disable=not progress)
+    for ds, method, ratio, seed, arch in todo:
+        if ds not in splits:
+            splits[ds] = (read_dataset(ds, "train", cache=cache), read_dataset(ds, "test", cache=cache))
+        train, test = splits[ds]
+        bar.set_postfix_str(f"{_name(ds)} {method} {ratio:g} {arch} s{seed}")
+        idx = _selection(con, grid, ds, train, method, ratio, seed, cache_dir)
+        r = train_and_test(train, idx, test, arch, preset, seed, len(idx) / len(train), device)
+        con.execute(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (_name(ds), method, ratio, arch, seed, grid.preset, grid.options_key(), r["accuracy"], r["n_train"], r["epochs"], r["batch_size"], r["seconds"], time.strftime("%Y-%m-%dT%H:%M:%S")),
+        )
+        con.commit()
+        bar.update(1)
+    bar.close()
+    con.close()
+    return db
+
+
+def _rows(db: Path, preset: str | None = None, options: str | None = None) -> list[dict]:
+    con = sqlite3.connect(str(db))
+    con.row_factory = sqlite3.Row
+    q = "SELECT * FROM results"
+    args: list = []
+    conds = []
+    if preset is not None:
+        conds.append("preset=?")
+        args.append(preset)
+    if options is not None:
+        conds.append("options=?")
+        args.append(options)
+    if conds:
+        q += " WHERE " + " AND ".join(conds)
+    rows = [dict(r) for r in con.execute(q, args)]
+    con.close()
+    return rows
+
+
+def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, preset: str | None = None, options: str | None = None, title: str = "") -> dict[str, Path]:
+    """Write ``results.csv``, ``results.md`` and ``accuracy.png`` next to (or into ``out``).
+
+    Returns:
+        The paths written, by kind.
+    """
+    db = Path(db)
+    out = Path(out) if out is not None else db.parent
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _rows(db, preset, options)
+    paths = {}
+    csv_path = out / "results.csv"
+    cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options"]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["arch"], r["method"], r["ratio"], r["seed"])):
+            w.writerow(r)
+    paths["csv"] = csv_path
+    summary = summarise(rows, keys=("dataset", "arch", "method", "ratio"))
+    md = [f"# {title}" if title else "# Benchmark results", ""]
+    for ds in sorted({s["dataset"] for s in summary}):
+        for arch in sorted({s["arch"] for s in summary if s["dataset"] == ds}):
+            sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
+            ratios = sorted({s["ratio"] for s in sub if s["method"] != "full"})
+            methods = [m for m in ("random", "dq", "adq") if any(s["method"] == m for s in sub)]
+            md.append(f"## {ds} / {arch}")
+            md.append("")
+            md.append("| method | " + " | ".join(f"{100 * r:g} %" for r in ratios) + " |")
+            md.append("|---|" + "---|" * len(ratios))
+            for m in methods:
+                cells = []
+                for r in ratios:
+                    s = next((s for s in sub if s["method"] == m and s["ratio"] == r), None)
+                    cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if s else "-")
+                md.append(f"| {m} | " + " | ".join(cells) + " |")
+            full = next((s for s in sub if s["method"] == "full"), None)
+            if full:
+                md.append(f"| full (100 %) | {100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']}) |" + " |" * (len(ratios) - 1))
+            md.append("")
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(md) + "\n")
+    paths["md"] = md_path
+    if summary:
+        paths["png"] = _plot(summary, out / "accuracy.png", title)
+    return paths
+
+
+def _plot(summary: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(s["dataset"], s["arch"]) for s in summary})
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    colors = {"random": "#7f7f7f", "dq": "#1f77b4", "adq": "#d62728"}
+    for ax, (ds, arch) in zip(axes.flat, panels):
+        sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
+        for m in ("random", "dq", "adq"):
+            pts = sorted((s["ratio"], s["mean"], s["std"]) for s in sub if s["method"] == m)
+            if pts:
+                r, mu, sd = map(np.array, zip(*pts))
+                ax.errorbar(100 * r, 100 * mu, yerr=100 * sd, marker="o", ms=4, capsize=3, label=m, color=colors[m])
+        full = next((s for s in sub if s["method"] == "full"), None)
+        if full:
+            ax.axhline(100 * full["mean"], ls="--", color="k", lw=1, label="full")
+        ax.set_xscale("log")
+        ax.set_xlabel("keep ratio (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{ds} / {arch}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

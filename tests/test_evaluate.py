@@ -1,0 +1,85 @@
+import csv
+import sqlite3
+
+import numpy as np
+import pytest
+
+from dsquant.cli import main
+from dsquant.data import load_digits
+from dsquant.evaluate import ARCHITECTURES, PRESETS, Grid, Preset, run_grid, summarise, train_and_test, write_reports
+
+TINY = Preset("tiny", ("mlp",), samples=20000, min_epochs=2, max_epochs=40, lr=0.1, schedule="onecycle", batch_size=64)
+
+
+def test_presets_follow_the_protocols():
+    paper = PRESETS["paper"]
+    assert paper.archs == ("resnet18",) and paper.epochs_for(5000) == 200
+    assert (paper.lr, paper.momentum, paper.weight_decay, paper.schedule) == (0.1, 0.9, 5e-4, "cosine")
+    assert paper.batch_for(0.1, 5000) == 16 and paper.batch_for(0.2, 10000) == 128
+    cpu = PRESETS["cpu"]
+    # a sample budget: about the same compute at every keep ratio, within the epoch bounds
+    assert cpu.epochs_for(500) == 60 and cpu.epochs_for(5000) == 12 and cpu.epochs_for(50000) == 2
+    assert "logreg" in ARCHITECTURES and all(a in ARCHITECTURES for a in cpu.archs)
+    assert not any(a.startswith("proxy") for a in ARCHITECTURES)
+
+
+def test_summarise_mean_and_sample_std():
+    rows = [{"arch": "a", "accuracy": x} for x in (0.5, 0.7, 0.9)] + [{"arch": "b", "accuracy": 0.4}]
+    s = {r["arch"]: r for r in summarise(rows)}
+    assert s["a"]["mean"] == pytest.approx(0.7) and s["a"]["std"] == pytest.approx(0.2) and s["a"]["n"] == 3
+    assert s["b"]["std"] == 0.0
+
+
+def test_training_beats_chance_and_more_data_helps():
+    train, test = load_digits("train"), load_digits("test")
+    rng = np.random.default_rng(0)
+    small = rng.choice(len(train), 50, replace=False)
+    r_small = train_and_test(train, small, test, "mlp", TINY, seed=0)
+    r_all = train_and_test(train, np.arange(len(train)), test, "mlp", TINY, seed=0)
+    assert r_small["n_train"] == 50 and r_all["n_train"] == 1437
+    assert 0.3 < r_small["accuracy"] < r_all["accuracy"]
+    assert r_all["accuracy"] > 0.85
+    again = train_and_test(train, small, test, "mlp", TINY, seed=0)
+    assert again["accuracy"] == r_small["accuracy"]  # seeded: the same run twice
+    lr = train_and_test(train, np.arange(len(train)), test, "logreg", TINY)
+    assert lr["accuracy"] > 0.85
+
+
+def test_evaluate_cli_on_digits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(PRESETS, "cpu", Preset("cpu", ("mlp",), samples=10000, min_epochs=2, max_epochs=40, lr=0.1, schedule="onecycle"))
+    out = tmp_path / "d"
+    assert main(["compress", "digits", "--method", "random", "--ratio", "0.2", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--seeds", "0", "1", "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    stdout = capsys.readouterr().out
+    assert "287 training samples, 360 test samples" in stdout and "mlp" in stdout
+    import json
+
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert len(res["runs"]) == 2 and res["summary"][0]["n"] == 2
+    assert all(0.5 < r["accuracy"] <= 1 for r in res["runs"])
+
+
+def test_benchmark_grid_resumes_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    grid = Grid(["digits"], ["full", "random", "dq"], [0.1, 0.3], ["mlp", "logreg"], [0, 1], "tiny", {"n_bins": 3, "epochs": 1})
+    db = run_grid(grid, tmp_path, progress=False, log=lambda *a: None)
+    con = sqlite3.connect(db)
+    n = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    # full: 1 ratio; random, dq: 2 ratios; x 2 archs x 2 seeds
+    assert n == (1 + 2 + 2) * 2 * 2
+    con.execute("DELETE FROM results WHERE method='dq' AND ratio=0.3 AND seed=1 AND arch='mlp'")
+    con.commit()
+    messages = []
+    run_grid(grid, tmp_path, progress=False, log=messages.append)
+    assert "19 already done, 1 to run" in messages[0]
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == n
+    paths = write_reports(db, tmp_path, title="digits")
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert len(rows) == n and {r["method"] for r in rows} == {"full", "random", "dq"}
+    md = paths["md"].read_text()
+    assert "## digits / mlp" in md and "| random |" in md and "full (100 %)" in md
+    assert paths["png"].stat().st_size > 10_000
+    # the same selection is reused by every architecture of a cell
+    sel = con.execute("SELECT COUNT(*) FROM selections WHERE method='dq'").fetchone()[0]
+    assert sel == 2 * 2

@@ -55,7 +55,7 @@ def _add_compress(sub) -> None:
     p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, or .npy/.npz features")
     p.add_argument("--ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")
     p.add_argument("--bins", type=_positive_int, default=10, help="number of bins K (default 10)")
-    p.add_argument("--method", choices=["dq", "random"], default="dq", help="dq (default) or random (class-balanced baseline)")
+    p.add_argument("--method", choices=["dq", "adq", "random"], default="dq", help="dq (default), adq (adaptive per-bin shares) or random (class-balanced baseline)")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
     p.add_argument("--encoder", default="proxy", help="proxy (default), pixels, or features:PATH (a .npy with one row per sample)")
     p.add_argument("--embedding", choices=["gradient", "features"], default="gradient", help="proxy embedding binned on: last-layer gradients (default) or penultimate features")
@@ -63,6 +63,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--width", type=_positive_int, default=32, help="proxy width (default 32)")
     p.add_argument("--proxy-checkpoint", help="a local state_dict of the proxy to use instead of training")
     p.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
+    p.add_argument("--alpha", type=float, default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")
+    p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")
+    p.add_argument("--rep", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")
     p.add_argument("--labels", help="labels .npy for a .npy feature matrix")
     p.add_argument("--split", default="train", help="split to compress (default train)")
     p.add_argument("--image-size", type=_positive_int, help="resize and centre-crop images to this size")
@@ -210,6 +213,9 @@ def _cmd_compress(args) -> int:
         precision=args.precision,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        alpha=args.alpha,
+        diversity_encoder=args.diversity_encoder,
+        representativeness=args.rep,
         device=args.device,
         progress=not args.quiet and sys.stderr.isatty(),
         command=["dsquant"] + sys.argv[1:],
@@ -240,6 +246,13 @@ def _cmd_info(args) -> int:
             print(f"  {b['bin']:>3} {b['size']:>7} {b['selected']:>8}  {per_txt}")
         if classes and len(classes) <= 20:
             print(f"  classes: {', '.join(classes)}")
+    adq = m.get("adq")
+    if adq:
+        print()
+        print(f"  ADQ (alpha {adq['alpha']}): Rep = {adq['representativeness']}; Div = {adq['diversity']}")
+        print(f"  {'bin':>3} {'size':>7} {'Rep':>9} {'Div':>9} {'I_hat':>7} {'r':>7} {'q':>6}")
+        for b in adq["per_bin"]:
+            print(f"  {b['bin']:>3} {b['size']:>7} {b['rep']:>9.4f} {b['div']:>9.4f} {b['importance']:>7.4f} {b['share']:>7.4f} {b['count']:>6}")
     return 0
 
 

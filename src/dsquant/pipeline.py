@@ -21,7 +21,7 @@ from .data import DataError, FeatureDataset, ImageDataset, detect_format, load_d
 
 __all__ = ["CompressResult", "compress", "read_dataset", "METHODS"]
 
-METHODS = ("dq", "random")
+METHODS = ("dq", "adq", "random")
 _READ_VERSION = 1
 
 
@@ -156,6 +156,10 @@ def compress(
     precision: str = "float32",
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    alpha: float = 0.6,
+    diversity_encoder: str = "simclr",
+    representativeness=None,
+    simclr_options: dict | None = None,
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
@@ -167,8 +171,9 @@ def compress(
             or a dataset object from :mod:`dsquant.data`.
         ratio: keep ratio rho in (0, 1]; the compressed set has ``round(ratio * N)`` samples.
         n_bins: K, the number of bins (>= 1, at most the size of the smallest class).
-        method: ``"dq"`` (GraphCut bins + uniform bin sampling) or ``"random"``
-            (class-balanced random sampling, the baseline; no embedding).
+        method: ``"dq"`` (GraphCut bins + uniform bin sampling), ``"adq"`` (the same bins,
+            adaptive per-bin shares) or ``"random"`` (class-balanced random sampling, the
+            baseline; no embedding).
         encoder: ``"proxy"`` (a small ResNet trained ``epochs`` epochs on the data),
             ``"pixels"`` or ``"features:PATH"``. Ignored for feature datasets.
         seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
@@ -187,6 +192,11 @@ def compress(
         block_size, precision: rows of similarities held per class and their precision in bin
             generation (:func:`dsquant.generate_bins`; the bins are exact either way).
         cache_dir, use_cache: where decoded datasets and embeddings are cached.
+        alpha: ADQ's weight of bin importance against bin size, in [0, 1].
+        diversity_encoder: ADQ's diversity encoder: ``"simclr"`` or ``"proxy"``.
+        representativeness: ADQ's Rep: ``"texture"`` (images), ``"embedding"``, or per-sample
+            scores (array or .npy path).
+        simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.
         command: the command line, recorded in the manifest.
@@ -203,6 +213,13 @@ def compress(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_ratio(ratio)
+    if method == "adq":
+        from .adq import DIVERSITY_ENCODERS
+
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
+        if diversity_encoder not in DIVERSITY_ENCODERS:
+            raise ValueError(f"diversity_encoder: expected one of {', '.join(DIVERSITY_ENCODERS)}, got {diversity_encoder!r}")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if precision not in ("float32", "float64"):
@@ -228,6 +245,7 @@ def compress(
     bins: list[np.ndarray] = []
     emb_record: dict = {}
     enc_config: dict = {}
+    adq_record: dict | None = None
     if method == "random":
         t = time.perf_counter()
         indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
@@ -265,9 +283,46 @@ def compress(
             if bar is not None:
                 bar.close()
         timings["bins"] = time.perf_counter() - t
-        t = time.perf_counter()
-        indices = sample_uniform(bins, ratio, ds_labels, seed)
-        timings["sample"] = time.perf_counter() - t
+        if method == "adq":
+            from .adq import bin_scores
+            from .core.scores import adaptive_counts, sample_adaptive
+            from .embed import ProxyEncoder, cached_proxy
+
+            t = time.perf_counter()
+            proxy = None
+            if isinstance(enc, ProxyEncoder):
+                proxy = (cached_proxy(enc, dataset, cache, emb_record["key"]), emb_record["key"])
+            scores = bin_scores(
+                dataset,
+                bins,
+                features=emb.features,
+                labels=ds_labels,
+                representativeness=representativeness,
+                diversity_encoder=diversity_encoder,
+                proxy=proxy,
+                seed=seed if proxy_seed is None else proxy_seed,
+                cache=cache,
+                device=device,
+                progress=progress,
+                simclr_options=simclr_options,
+            )
+            timings["scores"] = time.perf_counter() - t
+            t = time.perf_counter()
+            shares, counts = adaptive_counts([len(b) for b in bins], ratio, scores["importance"], alpha)
+            indices = sample_adaptive(bins, ratio, scores["importance"], alpha, ds_labels, seed)
+            timings["sample"] = time.perf_counter() - t
+            adq_record = {
+                "alpha": alpha,
+                **scores["info"],
+                "per_bin": [
+                    {"bin": k, "size": len(b), "rep": float(scores["rep"][k]), "div": float(scores["div"][k]), "importance": float(scores["importance"][k]), "share": float(shares[k]), "count": int(counts[k])}
+                    for k, b in enumerate(bins)
+                ],
+            }
+        else:
+            t = time.perf_counter()
+            indices = sample_uniform(bins, ratio, ds_labels, seed)
+            timings["sample"] = time.perf_counter() - t
         emb_record = {
             **emb_record,
             "kind": emb.kind,
@@ -293,6 +348,8 @@ def compress(
             "precision": precision,
             "split": split,
             "image_size": image_size,
+            "alpha": alpha if method == "adq" else None,
+            "diversity_encoder": diversity_encoder if method == "adq" else None,
         },
         "dataset": {
             "source": str(dataset.source),
@@ -306,6 +363,7 @@ def compress(
             "fingerprint": dataset.fingerprint(),
         },
         "embedding": emb_record or None,
+        "adq": adq_record,
         "selection": {
             "n_selected": int(len(indices)),
             "target": budget(ratio, n),

@@ -19,6 +19,7 @@ __all__ = [
     "PixelEncoder",
     "PrecomputedEncoder",
     "ProxyEncoder",
+    "cached_proxy",
     "embed",
     "make_encoder",
     "softmax_delta",
@@ -42,6 +43,24 @@ def make_encoder(spec: str, **proxy_options) -> Encoder:
     if spec.startswith("features:"):
         return PrecomputedEncoder(spec.split(":", 1)[1])
     raise ValueError(f"encoder: expected 'proxy', 'pixels' or 'features:PATH', got {spec!r}")
+
+
+def cached_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None, key: str):
+    """The trained proxy model: the encoder's own if it trained in this process, else the one
+    cached under the embedding's ``key`` (None when neither exists)."""
+    if encoder.model is not None:
+        return encoder.model
+    if cache is None:
+        return None
+    arrays = cache.load("proxy", key)
+    if arrays is None:
+        return None
+    from .proxy import arrays_to_state
+
+    model = encoder.build(dataset)
+    model.load_state_dict(arrays_to_state(arrays))
+    encoder.model = model.eval()
+    return encoder.model
 
 
 def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool = False) -> tuple[Embedding, dict]:

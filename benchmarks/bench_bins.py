@@ -106,21 +106,23 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
         t = time.perf_counter()
         bins = generate_bins(feats, 10, labels, dtype=dtype)
         rec["seconds"] = time.perf_counter() - t
-        if naive_classes != 0:
+        ref_path = os.path.join(os.environ["BENCH_REF"], f"naive-{kind}.npz") if "BENCH_REF" in os.environ else ""
+        if naive_classes != 0 and ref_path and not os.path.exists(ref_path):
             k = naive_classes or 10
             t = time.perf_counter()
             ref = naive_greedy_bins(feats, labels, 10, classes=k)
             naive = (time.perf_counter() - t) * (10 / k)
+            np.savez(ref_path, seconds=naive, classes=k, **{f"c{c}_b{b}": ref[c][b] for c in range(k) for b in range(9)})
             rec["naive_seconds"] = naive
             rec["naive_classes_run"] = k
-            # same bins on the classes the naive greedy ran on
-            groups = [np.flatnonzero(labels == c) for c in range(10)]
-            same = all(
-                np.array_equal(np.sort(ref[c][b]), np.intersect1d(bins[b], groups[c]))
-                for c in range(k)
-                for b in range(9)
-            )
-            rec["same_bins_as_naive"] = bool(same)
+        if naive_classes != 0 and ref_path and os.path.exists(ref_path):
+            # the same bins as the naive greedy, on the classes it ran on
+            with np.load(ref_path) as z:
+                k = int(z["classes"])
+                groups = [np.flatnonzero(labels == c) for c in range(10)]
+                rec["same_bins_as_naive"] = bool(
+                    all(np.array_equal(np.sort(z[f"c{c}_b{b}"]), np.intersect1d(bins[b], groups[c])) for c in range(k) for b in range(9))
+                )
     elif case == "pool54k":
         feats = text_like(53785, 384)
         rec["data"] = "53,785 x 384 text-like, one pool, 10 bins"
@@ -164,14 +166,13 @@ def main() -> None:
         print(json.dumps(run_case(case, args.naive_classes, precision)))
         return
     rows = []
+    ref_dir = tempfile.mkdtemp(prefix="bench-naive-")  # the naive bins, shared by the precisions
+    os.environ["BENCH_REF"] = ref_dir
     for case in args.cases:
         for precision in args.precision:
-            naive = args.naive_classes
-            if not case.startswith("cls50k") or precision != args.precision[0]:
-                naive = 0  # run the naive greedy once per data set
             cmd = [sys.executable, __file__, "--one", f"{case}:{precision}"]
-            if naive is not None:
-                cmd += ["--naive-classes", str(naive)]
+            if args.naive_classes is not None:
+                cmd += ["--naive-classes", str(args.naive_classes)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stderr, file=sys.stderr)
@@ -179,10 +180,14 @@ def main() -> None:
             rec = json.loads(res.stdout.strip().splitlines()[-1])
             rows.append(rec)
             print(json.dumps(rec), file=sys.stderr, flush=True)
+    import shutil
+
+    shutil.rmtree(ref_dir, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores; numpy {np.__version__}\n")
     print("| data | precision | dsquant | naive O(B²n) | speed-up | same bins | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     naive_by_data = {r["data"]: r for r in rows if "naive_seconds" in r}
+    # the naive runs once per data set (its bins are kept for the other precision's check)
     for r in rows:
         nv = naive_by_data.get(r["data"])
         naive = f"{nv['naive_seconds']:.0f} s" + ("" if nv["naive_classes_run"] == 10 else f" (from {nv['naive_classes_run']} classes)") if nv else "-"

@@ -18,7 +18,7 @@ def test_presets_follow_the_protocols():
     assert paper.batch_for(0.1, 5000) == 16 and paper.batch_for(0.2, 10000) == 128
     cpu = PRESETS["cpu"]
     # a sample budget: about the same compute at every keep ratio, within the epoch bounds
-    assert cpu.epochs_for(500) == 60 and cpu.epochs_for(5000) == 12 and cpu.epochs_for(50000) == 2
+    assert cpu.epochs_for(500) == 30 and cpu.epochs_for(5000) == 3 and cpu.epochs_for(50000) == 2
     assert "logreg" in ARCHITECTURES and all(a in ARCHITECTURES for a in cpu.archs)
     assert not any(a.startswith("proxy") for a in ARCHITECTURES)
 

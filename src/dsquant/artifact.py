@@ -124,19 +124,25 @@ def write_output(
     manifest: dict,
     overwrite: bool = False,
     export: tuple | None = None,
+    records=None,
 ) -> Path:
     """Write ``indices.npy``, ``bins.npz``, ``manifest.json`` (and an export) atomically.
 
-    ``export`` is ``(dataset, format)``. The manifest gains ``files`` (SHA-256 of each file) and
+    ``export`` is ``(dataset, format)``; ``records`` a text dataset whose selected records are
+    written to ``subset.jsonl``. The manifest gains ``files`` (SHA-256 of each file) and
     ``export`` records.
     """
 
     def fill(tmp: Path) -> None:
         np.save(tmp / "indices.npy", np.asarray(indices, dtype=np.int64))
         np.savez(tmp / "bins.npz", **{f"bin_{k}": np.asarray(b, dtype=np.int64) for k, b in enumerate(bins)})
+        names = ["indices.npy", "bins.npz"]
+        if records is not None:
+            records.write_subset(indices, tmp / "subset.jsonl")
+            names.append("subset.jsonl")
         if export is not None:
             manifest["export"] = export_subset(export[0], indices, tmp, export[1])
-        manifest["files"] = {name: file_sha256(tmp / name) for name in ("indices.npy", "bins.npz")}
+        manifest["files"] = {name: file_sha256(tmp / name) for name in names}
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)
             f.write("\n")

@@ -52,12 +52,15 @@ def _add_compress(sub) -> None:
         description="Compress DATA by Dataset Quantization: embed, split every class into bins by "
         "greedy GraphCut, sample a fraction of every bin, write the indices and a manifest.",
     )
-    p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, or .npy/.npz features")
+    p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records")
     p.add_argument("--ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")
     p.add_argument("--bins", type=_positive_int, default=10, help="number of bins K (default 10)")
     p.add_argument("--method", choices=["dq", "adq", "random"], default="dq", help="dq (default), adq (adaptive per-bin shares) or random (class-balanced baseline)")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
-    p.add_argument("--encoder", default="proxy", help="proxy (default), pixels, or features:PATH (a .npy with one row per sample)")
+    p.add_argument("--encoder", help="images: proxy (default), pixels or features:PATH; text: sentence (default) or features:PATH")
+    p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline)")
+    p.add_argument("--template", help="text: what to embed per record, e.g. '{instruction} {output}' (default: DQ's instruction + input + output)")
+    p.add_argument("--group-by", help="text: a record field whose groups are binned separately, like classes")
     p.add_argument("--embedding", choices=["gradient", "features"], default="gradient", help="proxy embedding binned on: last-layer gradients (default) or penultimate features")
     p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
     p.add_argument("--width", type=_positive_int, default=32, help="proxy width (default 32)")
@@ -184,7 +187,7 @@ def _print_summary(m: dict, out: str | None) -> None:
     if t:
         print("  time: " + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in t.items()))
     if out:
-        files = "indices.npy, bins.npz, manifest.json" + (f", {m['export']['path']}" if m.get("export") else "")
+        files = "indices.npy, bins.npz, manifest.json" + (", subset.jsonl" if "subset.jsonl" in m.get("files", {}) else "") + (f", {m['export']['path']}" if m.get("export") else "")
         print(f"  wrote {out}/ ({files})")
 
 
@@ -213,6 +216,9 @@ def _cmd_compress(args) -> int:
         precision=args.precision,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        text_model=args.text_model,
+        template=args.template,
+        group_by=args.group_by,
         alpha=args.alpha,
         diversity_encoder=args.diversity_encoder,
         representativeness=args.rep,

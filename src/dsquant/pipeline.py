@@ -17,7 +17,7 @@ from . import __version__
 from .cache import Cache, hash_key
 from .core.bins import generate_bins
 from .core.sampling import budget, check_ratio, sample_uniform
-from .data import DataError, FeatureDataset, ImageDataset, detect_format, load_dataset
+from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, load_dataset
 
 __all__ = ["CompressResult", "compress", "read_dataset", "METHODS"]
 
@@ -73,15 +73,17 @@ def read_dataset(
     labels: str | None = None,
     cache: Cache | None = None,
     progress: bool = False,
+    template: str | None = None,
+    group_by: str | None = None,
 ):
     """Read ``data`` (a path, ``"digits"``, or a dataset object). Decoded image archives and
     folders are cached (keyed by the files' size and modification time), so a second run skips
     the decoding."""
-    if isinstance(data, (ImageDataset, FeatureDataset)) or hasattr(data, "fingerprint"):
+    if isinstance(data, (ImageDataset, FeatureDataset, TextDataset)) or hasattr(data, "fingerprint"):
         return data
     fmt = detect_format(data)
     if cache is None or fmt not in ("tar", "imagefolder", "cifar"):
-        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
+        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress, template=template, group_by=group_by)
     key = hash_key({"v": _READ_VERSION, "src": _source_signature(Path(data)), "split": split, "size": image_size})
     hit = cache.load("datasets", key)
     if hit is not None:
@@ -91,9 +93,17 @@ def read_dataset(
     return ds
 
 
+def _shape(dataset) -> list[int] | None:
+    if getattr(dataset, "kind", "") == "images":
+        return list(dataset.image_shape)
+    if getattr(dataset, "kind", "") == "features":
+        return [int(dataset.features.shape[1])]
+    return None
+
+
 def _versions() -> dict:
     out = {"dsquant": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "scipy", "sklearn", "PIL"):
+    for name in ("torch", "scipy", "sklearn", "PIL", "sentence_transformers"):
         mod = sys.modules.get(name)
         if mod is None:
             try:
@@ -139,7 +149,7 @@ def compress(
     ratio: float = 0.1,
     n_bins: int = 10,
     method: str = "dq",
-    encoder: str = "proxy",
+    encoder: str | None = None,
     seed: int = 0,
     epochs: int = 5,
     proxy_seed: int | None = None,
@@ -160,6 +170,9 @@ def compress(
     diversity_encoder: str = "simclr",
     representativeness=None,
     simclr_options: dict | None = None,
+    text_model: str = "all-MiniLM-L6-v2",
+    template: str | None = None,
+    group_by: str | None = None,
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
@@ -174,8 +187,9 @@ def compress(
         method: ``"dq"`` (GraphCut bins + uniform bin sampling), ``"adq"`` (the same bins,
             adaptive per-bin shares) or ``"random"`` (class-balanced random sampling, the
             baseline; no embedding).
-        encoder: ``"proxy"`` (a small ResNet trained ``epochs`` epochs on the data),
-            ``"pixels"`` or ``"features:PATH"``. Ignored for feature datasets.
+        encoder: for images ``"proxy"`` (default: a small ResNet trained ``epochs`` epochs on
+            the data), ``"pixels"`` or ``"features:PATH"``; for text ``"sentence"`` (default,
+            ``text_model``) or ``"features:PATH"``. Feature datasets are their own embedding.
         seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
         epochs: proxy training epochs.
         proxy_seed: a separate seed for the proxy (default ``seed``): with it fixed, the
@@ -197,6 +211,10 @@ def compress(
         representativeness: ADQ's Rep: ``"texture"`` (images), ``"embedding"``, or per-sample
             scores (array or .npy path).
         simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
+        text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
+        template: the text embedded per record, a ``str.format`` template over its fields
+            (default DQ's: instruction + input + output).
+        group_by: a record field; its groups are binned separately, like classes.
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.
         command: the command line, recorded in the manifest.
@@ -231,7 +249,7 @@ def compress(
     cache = Cache(cache_dir, enabled=use_cache)
 
     t = time.perf_counter()
-    dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress)
+    dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by)
     timings["read"] = time.perf_counter() - t
     n = len(dataset)
     ds_labels = dataset.labels
@@ -253,8 +271,19 @@ def compress(
     else:
         if isinstance(dataset, FeatureDataset):
             enc = IdentityEncoder()
+        elif isinstance(dataset, TextDataset):
+            if encoder in (None, "sentence"):
+                from .embed.text import SentenceEncoder
+
+                enc = SentenceEncoder(text_model, device=device)
+            elif encoder.startswith("features:"):
+                enc = make_encoder(encoder)
+            else:
+                raise ValueError(f"encoder: text data takes 'sentence' or 'features:PATH', got {encoder!r}")
+        elif encoder in (None, "proxy"):
+            enc = make_encoder("proxy", epochs=epochs, width=proxy_width, seed=seed if proxy_seed is None else proxy_seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device)
         else:
-            enc = make_encoder(encoder, epochs=epochs, width=proxy_width, seed=seed if proxy_seed is None else proxy_seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device) if encoder == "proxy" else make_encoder(encoder)
+            enc = make_encoder(encoder)
         enc_config = enc.config()
         t = time.perf_counter()
         emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
@@ -359,7 +388,9 @@ def compress(
             "n_samples": n,
             "classes": dataset.classes,
             "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
-            "shape": list(getattr(dataset, "image_shape", ())) or [int(dataset.features.shape[1])],
+            "shape": _shape(dataset),
+            "schema": getattr(dataset, "schema", None),
+            "group_by": group_by,
             "fingerprint": dataset.fingerprint(),
         },
         "embedding": emb_record or None,
@@ -381,7 +412,7 @@ def compress(
         out_path = Path(out)
         from .artifact import write_output
 
-        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None)
+        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None)
         timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}

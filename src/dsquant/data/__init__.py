@@ -8,6 +8,7 @@
 | ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` or their directories | :func:`read_cifar_archive` |
 | ``*-idx3-ubyte[.gz]`` / ``*-idx1-ubyte[.gz]``, or a directory of them | :func:`read_idx` |
 | ``*.npy`` / ``*.npz`` feature matrices | :func:`read_features` |
+| ``*.jsonl``, ``*.json`` (plain or ``.gz``) of text records | :func:`read_text_records` |
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 
 from .features import FeatureDataset, load_array, read_features
+from .text import TEXT_SUFFIXES, TextDataset, read_text_records
 from .images import (
     DataError,
     ImageDataset,
@@ -32,6 +34,7 @@ __all__ = [
     "DataError",
     "FeatureDataset",
     "ImageDataset",
+    "TextDataset",
     "detect_format",
     "from_arrays",
     "load_array",
@@ -42,6 +45,7 @@ __all__ = [
     "read_idx",
     "read_image_folder",
     "read_image_tar",
+    "read_text_records",
 ]
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -49,7 +53,7 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 def detect_format(spec: str | os.PathLike) -> str:
     """The reader for ``spec``: one of ``digits``, ``imagefolder``, ``tar``, ``cifar``, ``idx``,
-    ``features``.
+    ``features``, ``text``.
 
     Raises:
         DataError: if the path does not exist or its format is not recognised.
@@ -70,11 +74,13 @@ def detect_format(spec: str | os.PathLike) -> str:
         return "idx"
     if name.endswith((".npy", ".npz")):
         return "features"
+    if name.endswith(TEXT_SUFFIXES):
+        return "text"
     if name.endswith(_TAR_SUFFIXES):
         return "cifar" if is_cifar_archive(path) else "tar"
     raise DataError(
         f"{path}: unrecognised dataset format (expected 'digits', an image folder, a tar archive, "
-        f"a CIFAR python archive, IDX files, or .npy/.npz features)"
+        f"a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records)"
     )
 
 
@@ -84,7 +90,9 @@ def load_dataset(
     image_size: int | None = None,
     labels: str | os.PathLike | None = None,
     progress: bool = False,
-) -> ImageDataset | FeatureDataset:
+    template: str | None = None,
+    group_by: str | None = None,
+) -> ImageDataset | FeatureDataset | TextDataset:
     """Read the dataset named by ``spec`` (a path, or ``"digits"``).
 
     Args:
@@ -93,6 +101,7 @@ def load_dataset(
         image_size: resize and centre-crop images to this size (image folders and tars).
         labels: labels file for a ``.npy`` feature matrix.
         progress: show progress bars.
+        template, group_by: for text records (:func:`read_text_records`).
 
     Raises:
         DataError: if the path is missing, unreadable or malformed; the message names the file.
@@ -108,4 +117,6 @@ def load_dataset(
         return read_cifar_archive(spec, split=split)
     if fmt == "idx":
         return read_idx(spec, split=split)
+    if fmt == "text":
+        return read_text_records(spec, template=template, group_by=group_by)
     return read_features(spec, labels=labels)

@@ -125,12 +125,14 @@ def write_output(
     overwrite: bool = False,
     export: tuple | None = None,
     records=None,
+    extra: dict | None = None,
 ) -> Path:
     """Write ``indices.npy``, ``bins.npz``, ``manifest.json`` (and an export) atomically.
 
     ``export`` is ``(dataset, format)``; ``records`` a text dataset whose selected records are
-    written to ``subset.jsonl``. The manifest gains ``files`` (SHA-256 of each file) and
-    ``export`` records.
+    written to ``subset.jsonl``; ``extra`` maps more file names to functions that write them
+    (given the path). The manifest gains ``files`` (SHA-256 of each file) and ``export``
+    records.
     """
 
     def fill(tmp: Path) -> None:
@@ -140,6 +142,9 @@ def write_output(
         if records is not None:
             records.write_subset(indices, tmp / "subset.jsonl")
             names.append("subset.jsonl")
+        for name, write in (extra or {}).items():
+            write(tmp / name)
+            names.append(name)
         if export is not None:
             manifest["export"] = export_subset(export[0], indices, tmp, export[1])
         manifest["files"] = {name: file_sha256(tmp / name) for name in names}

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["main"]
 
 
@@ -73,6 +75,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--split", default="train", help="split to compress (default train)")
     p.add_argument("--image-size", type=_positive_int, help="resize and centre-crop images to this size")
     p.add_argument("--export", choices=["imagefolder", "npz"], help="also write the subset itself")
+    p.add_argument("--drop-ratio", type=float, help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")
+    p.add_argument("--patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")
+    p.add_argument("--reconstructor", default="inpaint", help="what rebuilds dropped patches at load time: inpaint (default), tiny-mae (trained on the data now), or mae:PATH (a local MAE checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="precision of the similarity rows in bin generation (the bins are the exact greedy's either way; float32 is faster)")
     p.add_argument("--block-size", type=_positive_int, help="similarity rows held per class (default: as many as fit in 2 GiB)")
@@ -104,6 +109,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--test", help="the test set, if the dataset has no 'test' split")
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--unmodified", action="store_true", help="with pixel quantization: train on the selected images as they were (no patches dropped)")
+    p.add_argument("--reconstructor", help="with pixel quantization: override the run's reconstructor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -135,8 +142,8 @@ def _add_benchmark(sub) -> None:
 def _cmd_evaluate(args) -> int:
     from .evaluate import evaluate_output
 
-    res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty())
-    print(f"dsquant evaluate: {res['n_train']} training samples, {res['n_test']} test samples, preset {args.preset}")
+    res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty(), unmodified=args.unmodified, reconstructor=args.reconstructor)
+    print(f"dsquant evaluate: {res['n_train']} training samples ({res['trained_on']}), {res['n_test']} test samples, preset {args.preset}")
     print(f"  {'architecture':<16} {'test accuracy (%)':>20}  per seed")
     for s in res["summary"]:
         per = [f"{100 * r['accuracy']:.2f}" for r in res["runs"] if r["arch"] == s["arch"]]
@@ -157,6 +164,102 @@ def _cmd_benchmark(args) -> int:
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
     print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")
     print(Path(paths["md"]).read_text())
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the compressed set's images (reconstructed when patches were dropped)",
+        description="Write the images of a compression run, in the original index order: file and row i "
+        "are dataset index indices[i]. With pixel quantization the dropped patches are rebuilt first.",
+    )
+    p.add_argument("dir", help="output directory of 'dsquant compress'")
+    p.add_argument("--format", choices=["imagefolder", "npz"], default="npz")
+    p.add_argument("--dest", help="where to write (default DIR/export or DIR/export.npz)")
+    p.add_argument("--reconstructor", help="override the run's reconstructor (inpaint, mae:PATH, tiny-mae:PATH)")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_train_mae(sub) -> None:
+    p = sub.add_parser(
+        "train-mae",
+        help="train a small masked autoencoder on a dataset, to rebuild dropped patches",
+        description="Train a tiny MAE (the official MAE layout, at the images' resolution) on DATA's "
+        "training images; use it with --reconstructor tiny-mae:PATH.",
+    )
+    p.add_argument("data", help="dataset (image folder, tar, CIFAR archive, IDX, digits)")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--patch", type=_positive_int, help="patch size (default: the compress default for this image size)")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--max-samples", type=_positive_int, help="train on at most this many images")
+    p.add_argument("--mask-ratio", type=float, default=0.4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_export(args) -> int:
+    from PIL import Image
+
+    from .artifact import _safe_name, atomic_dir, read_output
+    from .pipeline import read_dataset
+
+    res = read_output(args.dir)
+    m = res.manifest
+    progress = not args.quiet and sys.stderr.isatty()
+    if m.get("pixels"):
+        from .pixels import load_reconstructed
+
+        images, store = load_reconstructed(args.dir, args.reconstructor, args.device, progress)
+        indices, labels, classes = store.indices, store.labels, store.classes
+        order = np.argsort(indices, kind="stable")  # the original index order
+        images, indices, labels = images[order], indices[order], labels[order]
+        what = f"reconstructed ({args.reconstructor or m['pixels']['reconstructor']})"
+    else:
+        ds = read_dataset(m["dataset"]["source"], split=m["dataset"].get("split") or "train", image_size=m["parameters"].get("image_size"))
+        if getattr(ds, "kind", "") != "images":
+            raise ValueError(f"{args.dir}: export writes images; this run compressed {ds.kind} data (see subset.jsonl or indices.npy)")
+        indices = res.indices
+        images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
+        what = "unmodified"
+    if args.format == "npz":
+        dest = Path(args.dest or Path(args.dir) / "export.npz")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels, indices=indices, classes=np.array(classes))
+        import os
+
+        os.replace(tmp, dest)
+    else:
+        dest = Path(args.dest or Path(args.dir) / "export")
+
+        def fill(tmp: Path) -> None:
+            for img, lab, idx in zip(images, labels, indices):
+                folder = tmp / _safe_name(classes[int(lab)])
+                folder.mkdir(exist_ok=True)
+                Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{int(idx):07d}.png")
+
+        atomic_dir(dest, fill, overwrite=True)
+    print(f"dsquant export: {len(indices)} {what} images -> {dest}")
+    return 0
+
+
+def _cmd_train_mae(args) -> int:
+    from .cache import Cache
+    from .pipeline import read_dataset
+    from .pixels import default_patch
+    from .pixels.train_mae import save_mae, train_tiny_mae
+
+    ds = read_dataset(args.data, cache=Cache())
+    if getattr(ds, "kind", "") != "images":
+        raise ValueError(f"{args.data}: train-mae needs images")
+    patch = args.patch or default_patch(ds.image_shape)
+    model, info = train_tiny_mae(ds.images, patch, epochs=args.epochs, mask_ratio=args.mask_ratio, max_samples=args.max_samples, seed=args.seed, device=args.device, progress=not args.quiet and sys.stderr.isatty())
+    save_mae(model, args.out, info)
+    print(f"dsquant train-mae: {info['train_samples']} images x {args.epochs} epochs in {_fmt_seconds(info['seconds'])}; "
+          f"loss {info['first_loss']} -> {info['last_loss']}; wrote {args.out}")
     return 0
 
 
@@ -187,7 +290,8 @@ def _print_summary(m: dict, out: str | None) -> None:
     if t:
         print("  time: " + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in t.items()))
     if out:
-        files = "indices.npy, bins.npz, manifest.json" + (", subset.jsonl" if "subset.jsonl" in m.get("files", {}) else "") + (f", {m['export']['path']}" if m.get("export") else "")
+        extra = [f for f in m.get("files", {}) if f not in ("indices.npy", "bins.npz")]
+        files = ", ".join(["indices.npy", "bins.npz", "manifest.json", *extra] + ([m["export"]["path"]] if m.get("export") else []))
         print(f"  wrote {out}/ ({files})")
 
 
@@ -216,6 +320,9 @@ def _cmd_compress(args) -> int:
         precision=args.precision,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        drop_ratio=args.drop_ratio,
+        patch=args.patch,
+        reconstructor=args.reconstructor,
         text_model=args.text_model,
         template=args.template,
         group_by=args.group_by,
@@ -252,6 +359,13 @@ def _cmd_info(args) -> int:
             print(f"  {b['bin']:>3} {b['size']:>7} {b['selected']:>8}  {per_txt}")
         if classes and len(classes) <= 20:
             print(f"  classes: {', '.join(classes)}")
+    px = m.get("pixels")
+    if px:
+        b = px["bytes"]
+        print()
+        print(f"  pixels: drop ratio {px['drop_ratio']}, {px['patch']} px patches ({px['grid'][0]}x{px['grid'][1]}), {px['kept_per_image']} kept per image; "
+              f"effective keep ratio {100 * px['effective_keep_ratio']:.2f} %; reconstructor {px['reconstructor']}")
+        print(f"  bytes on disk: patches.dsqp {b['patches.dsqp']:,} | same images raw {b['raw_uint8']:,} ({b['patches.dsqp'] / b['raw_uint8']:.1%}) | as PNG {b['png']:,} ({b['patches.dsqp'] / b['png']:.1%})")
     adq = m.get("adq")
     if adq:
         print()
@@ -279,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_info(sub)
     _add_evaluate(sub)
     _add_benchmark(sub)
+    _add_export(sub)
+    _add_train_mae(sub)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (already reported)
@@ -286,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     try:
-        command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark}
+        command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark, "export": _cmd_export, "train-mae": _cmd_train_mae}
         return command[args.command](args)
     except (DataError, ValueError, FileExistsError, FileNotFoundError, PermissionError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

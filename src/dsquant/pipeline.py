@@ -93,6 +93,75 @@ def read_dataset(
     return ds
 
 
+def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed, epochs, width, checkpoint, embedding, device, progress, mae_options):
+    """Grad-CAM++ patch scores of the selected images with the proxy, the kept-patch store, and
+    (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest record and
+    the files to write."""
+    from .embed import ProxyEncoder, cached_proxy, embed
+    from .pixels import png_bytes, quantize_pixels
+
+    enc = ProxyEncoder(epochs=epochs, width=width, seed=proxy_seed, embedding=embedding, checkpoint=checkpoint, device=device)
+    _, rec = embed(enc, dataset, cache=cache, progress=progress)
+    model = cached_proxy(enc, dataset, cache, rec["key"])
+    if model is None:  # a cached embedding without its proxy (an older cache): train it again
+        model = enc.train(dataset, progress)
+    store = quantize_pixels(dataset, indices, model, drop_ratio, patch, device=device, progress=progress, meta={"source": str(dataset.source), "fingerprint": dataset.fingerprint()})
+    files = {"patches.dsqp": lambda path: store.save(path)}
+    spec = reconstructor
+    mae_info = None
+    if reconstructor == "tiny-mae":
+        model_mae, mae_info = _tiny_mae(dataset, store.patch, cache, proxy_seed, device, progress, mae_options)
+        from .pixels.train_mae import save_mae
+
+        files["tiny-mae.pt"] = lambda path: save_mae(model_mae, path, mae_info)
+        spec = "tiny-mae:tiny-mae.pt"
+    data_bytes = len(store.to_bytes())
+    h, w, c = dataset.image_shape
+    p_total = store.grid[0] * store.grid[1]
+    k = int(store.patches.shape[1])
+    return {
+        "drop_ratio": drop_ratio,
+        "patch": store.patch,
+        "grid": list(store.grid),
+        "kept_per_image": k,
+        "effective_keep_ratio": len(indices) / len(dataset) * k / p_total,  # rho * kept / P
+        "importance": "Grad-CAM++ of the proxy (its predicted class), mean per patch",
+        "reconstructor": spec,
+        "tiny_mae": mae_info,
+        "bytes": {
+            "patches.dsqp": data_bytes,
+            "raw_uint8": int(len(indices) * h * w * c),
+            "png": png_bytes(dataset.images[indices]),
+        },
+    }, files
+
+
+def _tiny_mae(dataset, patch, cache, seed, device, progress, options):
+    """A tiny MAE trained on the dataset (cached by data and settings)."""
+    import json
+
+    import torch
+
+    from .embed.proxy import arrays_to_state, state_to_arrays
+    from .pixels.mae import MAEConfig, MaskedAutoencoderViT
+    from .pixels.train_mae import train_tiny_mae
+
+    settings = {"patch": patch, "seed": seed, **options}
+    key = hash_key({"v": 1, "data": dataset.fingerprint(), "tiny_mae": settings})
+    hit = cache.load("mae", key) if cache is not None else None
+    if hit is not None:
+        config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(hit.pop("__config__"))).items()})
+        info = json.loads(str(hit.pop("__info__")))
+        model = MaskedAutoencoderViT(config)
+        model.load_state_dict(arrays_to_state(hit))
+        return model.eval(), {**info, "cached": True}
+    model, info = train_tiny_mae(dataset.images, patch, seed=seed, device=device, progress=progress, **options)
+    if cache is not None:
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
+        cache.save("mae", key, {**state_to_arrays(model), "__config__": np.array(json.dumps(cfg)), "__info__": np.array(json.dumps(info))})
+    return model, {**info, "cached": False}
+
+
 def _shape(dataset) -> list[int] | None:
     if getattr(dataset, "kind", "") == "images":
         return list(dataset.image_shape)
@@ -170,6 +239,10 @@ def compress(
     diversity_encoder: str = "simclr",
     representativeness=None,
     simclr_options: dict | None = None,
+    drop_ratio: float | None = None,
+    patch: int | None = None,
+    reconstructor: str = "inpaint",
+    mae_options: dict | None = None,
     text_model: str = "all-MiniLM-L6-v2",
     template: str | None = None,
     group_by: str | None = None,
@@ -211,6 +284,14 @@ def compress(
         representativeness: ADQ's Rep: ``"texture"`` (images), ``"embedding"``, or per-sample
             scores (array or .npy path).
         simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
+        drop_ratio: pixel quantization: drop this fraction theta of every selected image's
+            patches (least important by Grad-CAM++ of the proxy) and store only the kept ones
+            in ``out/patches.dsqp``; None keeps whole images.
+        patch: patch size in pixels (default: an 8 x 8 grid on small images, 16 px on large).
+        reconstructor: what rebuilds the dropped patches at load time: ``"inpaint"``,
+            ``"mae:PATH"`` (a local MAE checkpoint) or ``"tiny-mae"`` (trained on the data now,
+            saved as ``out/tiny-mae.pt``).
+        mae_options: options of :func:`dsquant.pixels.train_mae.train_tiny_mae`.
         text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
         template: the text embedded per record, a ``str.format`` template over its fields
             (default DQ's: instruction + input + output).
@@ -242,6 +323,12 @@ def compress(
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
+    if drop_ratio is not None:
+        from .pixels import n_kept
+
+        n_kept(1, drop_ratio)
+        if not (reconstructor in ("inpaint", "inpaint-ns", "tiny-mae") or reconstructor.startswith(("mae:", "tiny-mae:"))):
+            raise ValueError(f"reconstructor: expected 'inpaint', 'tiny-mae' or 'mae:PATH', got {reconstructor!r}")
     if export not in (None, "imagefolder", "npz"):
         raise ValueError(f"export: expected 'imagefolder' or 'npz', got {export!r}")
     if out is not None and Path(out).exists() and not overwrite:
@@ -360,6 +447,18 @@ def compress(
             "info": emb.info,
         }
 
+    extra_files: dict = {}
+    pixels_record = None
+    if drop_ratio is not None:
+        if getattr(dataset, "kind", "") != "images":
+            raise ValueError("drop_ratio: pixel quantization needs images")
+        t = time.perf_counter()
+        pixels_record, extra_files = _quantize_pixels(
+            dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, seed if proxy_seed is None else proxy_seed,
+            epochs, proxy_width, proxy_checkpoint, embedding, device, progress, mae_options or {},
+        )
+        timings["pixels"] = time.perf_counter() - t
+
     n_classes = len(dataset.classes)
     manifest = {
         "dsquant_version": __version__,
@@ -395,6 +494,7 @@ def compress(
         },
         "embedding": emb_record or None,
         "adq": adq_record,
+        "pixels": pixels_record,
         "selection": {
             "n_selected": int(len(indices)),
             "target": budget(ratio, n),
@@ -412,7 +512,7 @@ def compress(
         out_path = Path(out)
         from .artifact import write_output
 
-        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None)
+        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None, extra=extra_files)
         timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}

@@ -187,8 +187,14 @@ def evaluate_output(
     test_data=None,
     device=None,
     progress: bool = False,
+    unmodified: bool = False,
+    reconstructor: str | None = None,
 ) -> dict:
     """Evaluate the compressed set of a ``dsquant compress`` output directory.
+
+    With pixel quantization (``patches.dsqp``), models train on the reconstructed images
+    (``reconstructor`` overrides the run's), or on the same images unmodified with
+    ``unmodified=True``.
 
     The training split is read from the manifest's source (its fingerprint must match); the
     test split from the same source with ``split="test"``, or from ``test_data``.
@@ -218,6 +224,16 @@ def evaluate_output(
         test = read_dataset(test_data or info["source"], split="test", image_size=image_size, cache=cache)
     except DataError as exc:
         raise ValueError(f"{exc}; pass the test set with --test") from None
+    trained_on = "selected images"
+    if res.manifest.get("pixels") and not unmodified:
+        from ..data import ImageDataset
+        from ..pixels import load_reconstructed
+
+        rebuilt, store = load_reconstructed(out_dir, reconstructor, device, progress)
+        images = train.images.copy()
+        images[store.indices] = rebuilt
+        train = ImageDataset(images, train.labels, train.classes, train.source, train.split)
+        trained_on = f"reconstructed images ({reconstructor or res.manifest['pixels']['reconstructor']})"
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     archs = tuple(archs or spec.archs)
     for a in archs:
@@ -228,4 +244,4 @@ def evaluate_output(
         for seed in seeds:
             r = train_and_test(train, res.indices, test, arch, spec, seed, keep, device, progress)
             runs.append({"arch": arch, "seed": seed, **r})
-    return {"preset": asdict(spec), "runs": runs, "summary": summarise(runs), "n_train": len(res.indices), "n_test": len(test)}
+    return {"preset": asdict(spec), "runs": runs, "summary": summarise(runs), "n_train": len(res.indices), "n_test": len(test), "trained_on": trained_on}

@@ -1,0 +1,140 @@
+"""``dsquant train-mae``: train a small masked autoencoder on a dataset's own images.
+
+The model is a :class:`~dsquant.pixels.mae.MaskedAutoencoderViT` (the official layout) at the
+images' native resolution, with the patch size of the kept-patch files, so at load time its
+mask is exactly the dropped patches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..training import Normalize, default_device, set_threads, to_batch
+from .mae import MAEConfig, MaskedAutoencoderViT
+
+__all__ = ["tiny_mae_config", "train_tiny_mae", "random_keep"]
+
+
+def tiny_mae_config(image_shape: tuple[int, int, int], patch: int, mean, std, dim: int = 128, depth: int = 4, decoder_dim: int = 96, decoder_depth: int = 2) -> MAEConfig:
+    """A small MAE for (H, W, C) images (square), ``patch``-pixel patches."""
+    h, w, c = image_shape
+    if h != w:
+        raise ValueError(f"tiny MAE: square images only, got {h}x{w}")
+    return MAEConfig(
+        img_size=h, patch_size=patch, in_chans=c, embed_dim=dim, depth=depth, num_heads=max(1, dim // 32),
+        decoder_embed_dim=decoder_dim, decoder_depth=decoder_depth, decoder_num_heads=max(1, decoder_dim // 32),
+        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+    )
+
+
+def random_keep(batch: int, n_patches: int, keep: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, n_patches) bool with exactly ``keep`` True per row, uniformly at random."""
+    noise = torch.rand(batch, n_patches, generator=gen)
+    ids = torch.argsort(noise, dim=1)[:, :keep]
+    out = torch.zeros(batch, n_patches, dtype=torch.bool)
+    out.scatter_(1, ids, True)
+    return out
+
+
+def train_tiny_mae(
+    images: np.ndarray,
+    patch: int,
+    epochs: int = 10,
+    mask_ratio: float = 0.4,
+    max_samples: int | None = None,
+    batch_size: int = 256,
+    lr: float = 1.5e-3,
+    seed: int = 0,
+    device=None,
+    progress: bool = False,
+    **arch,
+) -> tuple[MaskedAutoencoderViT, dict]:
+    """Train a tiny MAE to rebuild randomly masked patches of ``images``.
+
+    Args:
+        images: (N, H, W, C) uint8, square.
+        patch: patch size (must divide H).
+        epochs: passes over (up to ``max_samples`` of) the images.
+        mask_ratio: fraction of patches masked in training.
+        seed: seeds initialisation, sampling, masks and flips.
+        arch: overrides of :func:`tiny_mae_config` (dim, depth, decoder_dim, decoder_depth).
+
+    Returns:
+        (the model in eval mode, training info: seconds, first and last loss).
+    """
+    from tqdm.auto import tqdm
+
+    device = default_device(device)
+    set_threads()
+    mean, std = Normalize.stats(images)
+    config = tiny_mae_config(images.shape[1:], patch, mean, std, **arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MaskedAutoencoderViT(config)
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    pool = torch.randperm(n, generator=gen).numpy()[: min(n, max_samples or n)]
+    steps_per_epoch = max(1, len(pool) // batch_size)
+    total = epochs * steps_per_epoch
+    n_patches = config.grid**2
+    keep = max(1, n_patches - int(round(mask_ratio * n_patches)))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+    warm = max(1, total // 20)
+    losses = []
+    t0 = time.perf_counter()
+    step = 0
+    bar = tqdm(total=total, desc="train tiny MAE", unit="step", disable=not progress, leave=False)
+    for _ in range(epochs):
+        order = pool[torch.randperm(len(pool), generator=gen).numpy()]
+        for s in range(steps_per_epoch):
+            idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
+            x = to_batch(images[idx], device, channels_last=False)
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x)
+            mask = random_keep(len(idx), n_patches, keep, gen).to(device)
+            lr_now = lr * (step + 1) / warm if step < warm else lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            loss, _ = model(x, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    info = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "epochs": epochs,
+        "train_samples": int(len(pool)),
+        "mask_ratio": mask_ratio,
+        "first_loss": round(losses[0], 4) if losses else None,
+        "last_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+    }
+    return model.eval(), info
+
+
+def save_mae(model: MaskedAutoencoderViT, path, info: dict | None = None) -> None:
+    """``torch.save({"model": state_dict, "config": ..., "info": ...})``: loadable with
+    ``torch.load(..., weights_only=True)`` (tensors, strings, numbers, lists only)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
+        torch.save({"model": model.state_dict(), "config": cfg, "info": info or {}}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

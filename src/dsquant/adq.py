@@ -21,7 +21,7 @@ __all__ = ["bin_scores", "DIVERSITY_ENCODERS", "REPRESENTATIVENESS"]
 
 DIVERSITY_ENCODERS = ("simclr", "proxy")
 REPRESENTATIVENESS = ("texture", "embedding")
-_VIEWS_VERSION = 1
+_VIEWS_VERSION = 2
 
 
 def _representativeness(dataset, bins, rep, features, labels):

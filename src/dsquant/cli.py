@@ -134,6 +134,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
     p.add_argument("--embedding", choices=["gradient", "features"], default="gradient")
     p.add_argument("--alpha", type=float, help="ADQ alpha (default: compress's)")
+    p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], help="ADQ diversity encoder (default: compress's)")
     p.add_argument("--title", default="", help="title of the report and plot")
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -159,6 +160,8 @@ def _cmd_benchmark(args) -> int:
     opts = {"n_bins": args.bins, "epochs": args.epochs, "embedding": args.embedding}
     if args.alpha is not None:
         opts["alpha"] = args.alpha
+    if args.diversity_encoder is not None:
+        opts["diversity_encoder"] = args.diversity_encoder
     grid = Grid(args.data, args.methods, args.ratios, args.arch, args.seeds, args.preset, opts)
     db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)

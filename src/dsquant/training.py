@@ -26,6 +26,8 @@ __all__ = [
     "to_batch",
     "augment",
     "set_threads",
+    "lr_at",
+    "optimizer_step",
 ]
 
 
@@ -123,15 +125,32 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool = True) 
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-    if cfg.schedule == "onecycle":
-        warm = max(1, int(0.15 * total))
+def lr_at(step: int, total: int, peak: float, schedule: str = "cosine", warmup: float = 0.15) -> float:
+    """Learning rate at ``step`` of ``total``: ``"cosine"`` anneals ``peak`` to 0;
+    ``"onecycle"`` warms up linearly over the first ``warmup`` fraction of the steps, then
+    anneals by cosine.
+
+    Raises:
+        ValueError: on an unknown schedule.
+    """
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    if schedule == "onecycle":
+        warm = max(1, int(warmup * total))
         if step < warm:
-            return cfg.lr * (step + 1) / warm
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    raise ValueError(f"schedule: expected 'cosine' or 'onecycle', got {cfg.schedule!r}")
+            return peak * (step + 1) / warm
+        return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    raise ValueError(f"schedule: expected 'cosine' or 'onecycle', got {schedule!r}")
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> float:
+    """One update at learning rate ``lr``; returns the loss as a float."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def fit(
@@ -195,13 +214,8 @@ def fit(
             if cfg.augment:
                 x = augment(x, gen, pad, cfg.flip)
             y = y_all[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg)
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(opt, loss, lr_at(step, total, cfg.lr, cfg.schedule)))
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")

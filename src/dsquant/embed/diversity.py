@@ -7,8 +7,9 @@ bin. Two encoders:
 * ``proxy``: the penultimate features of the proxy classifier that made the bins (no extra
   training);
 * ``simclr``: a small ResNet trained contrastively on the dataset itself (SimCLR's NT-Xent loss,
-  temperature 0.5, a few epochs), the paper's choice; the embedding is its L2-normalised
-  projection.
+  temperature 0.5, a few epochs), the paper's choice; the embedding is its backbone's features
+  (after ReLU and pooling, so cosines are >= 0 and ``1 / mean`` is defined), as SimCLR features
+  are used downstream; the projection head only serves the training loss.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import proxy_resnet
-from ..training import Normalize, default_device, set_threads, to_batch
+from ..training import Normalize, default_device, lr_at, optimizer_step, set_threads, to_batch
 
 __all__ = ["random_resized_crop_flip", "two_view_embeddings", "SimCLREncoder", "nt_xent"]
 
@@ -126,7 +127,7 @@ class SimCLREncoder:
         self.info: dict = {}
 
     def config(self) -> dict:
-        return {"encoder": self.name, "arch": "proxy_resnet-v1+mlp64", "epochs": self.epochs, "max_samples": self.max_samples, "width": self.width, "batch_size": self.batch_size, "lr": self.lr, "temperature": self.temperature, "seed": self.seed}
+        return {"encoder": self.name, "arch": "proxy_resnet-v1+mlp64", "embedding": "backbone", "epochs": self.epochs, "max_samples": self.max_samples, "width": self.width, "batch_size": self.batch_size, "lr": self.lr, "temperature": self.temperature, "seed": self.seed}
 
     def train(self, images: np.ndarray, n_classes_hint: int = 10, progress: bool = False) -> _Contrastive:
         from tqdm.auto import tqdm
@@ -156,13 +157,8 @@ class SimCLREncoder:
                 x = to_batch(images[idx], device, channels_last=False)
                 xa = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
                 xb = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
-                for g in opt.param_groups:
-                    g["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
                 loss = nt_xent(model(xa), model(xb), self.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(optimizer_step(opt, loss, lr_at(step, total, self.lr, "cosine")))
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -172,5 +168,6 @@ class SimCLREncoder:
         return self.model
 
     def embed_fn(self):
-        model = self.model
-        return lambda x: F.normalize(model(x), dim=1)
+        """Backbone features of the trained model (non-negative: ReLU then average pooling)."""
+        backbone = self.model.backbone
+        return lambda x: backbone.embed(x)[0]

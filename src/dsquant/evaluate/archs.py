@@ -7,9 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
-from ..models import MLP, ConvNet, ResNet, cifar_resnet18
 
 __all__ = ["ARCHITECTURES", "Architecture", "get_architecture"]
 
@@ -30,19 +27,30 @@ class Architecture:
     build: Callable | None
 
 
+# builders import torch when called, so that listing the architectures stays cheap
+
+
 def _resnet18(c, k, size, mean, std):
+    from ..models import cifar_resnet18
+
     return cifar_resnet18(c, k, 64, mean, std)
 
 
 def _resnet18_narrow(c, k, size, mean, std):
+    from ..models import ResNet
+
     return ResNet(c, k, 16, (2, 2, 2, 2), 1, mean, std)
 
 
 def _convnet(c, k, size, mean, std):
+    from ..models import ConvNet
+
     return ConvNet(c, k, size, 64, mean, std)
 
 
 def _mlp(c, k, size, mean, std):
+    from ..models import MLP
+
     return MLP(c, k, size, 512, mean, std)
 
 

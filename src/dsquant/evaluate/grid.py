@@ -63,7 +63,10 @@ class Grid:
     preset: str = "cpu"
     compress_options: dict = field(default_factory=dict)
 
-    def options_key(self) -> str:
+    def options_key(self, method: str = "dq") -> str:
+        """The compress options that matter for ``method`` (none for full and random)."""
+        if method in ("full", "random"):
+            return "{}"
         return json.dumps(self.compress_options, sort_keys=True)
 
 
@@ -79,7 +82,7 @@ def _name(dataset: str) -> str:
 
 
 def _selection(con, grid: Grid, dataset: str, train, method: str, ratio: float, seed: int, cache_dir) -> np.ndarray:
-    key = (_name(dataset), method, ratio, seed, grid.options_key())
+    key = (_name(dataset), method, ratio, seed, grid.options_key(method))
     row = con.execute(
         "SELECT indices FROM selections WHERE dataset=? AND method=? AND ratio=? AND seed=? AND options=?", key
     ).fetchone()
@@ -93,6 +96,8 @@ def _selection(con, grid: Grid, dataset: str, train, method: str, ratio: float, 
 
         opts = dict(grid.compress_options)
         seed_proxy = opts.pop("proxy_seed", 0)
+        if method == "random":
+            opts = {}
         res = compress(train, ratio=ratio, method=method, seed=seed, proxy_seed=seed_proxy, cache_dir=cache_dir, **opts)
         idx = res.indices
     con.execute("INSERT OR REPLACE INTO selections VALUES (?,?,?,?,?,?,?)", (*key, idx.astype(np.int64).tobytes(), time.perf_counter() - t))
@@ -130,10 +135,9 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
                     for arch in archs:
                         cells.append((ds, method, float(ratio), seed, arch))
     done = {
-        tuple(r)
-        for r in con.execute(
-            "SELECT dataset, method, ratio, seed, arch FROM results WHERE preset=? AND options=?", (grid.preset, grid.options_key())
-        )
+        tuple(r[:5])
+        for r in con.execute("SELECT dataset, method, ratio, seed, arch, options FROM results WHERE preset=?", (grid.preset,))
+        if r[5] == grid.options_key(r[1])
     }
     todo = [c for c in cells if (_name(c[0]), *c[1:]) not in done]
     log(f"benchmark: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {db}")
@@ -149,7 +153,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
         r = train_and_test(train, idx, test, arch, preset, seed, len(idx) / len(train), device)
         con.execute(
             "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (_name(ds), method, ratio, arch, seed, grid.preset, grid.options_key(), r["accuracy"], r["n_train"], r["epochs"], r["batch_size"], r["seconds"], time.strftime("%Y-%m-%dT%H:%M:%S")),
+            (_name(ds), method, ratio, arch, seed, grid.preset, grid.options_key(method), r["accuracy"], r["n_train"], r["epochs"], r["batch_size"], r["seconds"], time.strftime("%Y-%m-%dT%H:%M:%S")),
         )
         con.commit()
         bar.update(1)
@@ -159,21 +163,19 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
 
 
 def _rows(db: Path, preset: str | None = None, options: str | None = None) -> list[dict]:
+    """Result rows; with ``options``, dq/adq rows of those compress options (random and full
+    rows do not depend on them)."""
     con = sqlite3.connect(str(db))
     con.row_factory = sqlite3.Row
     q = "SELECT * FROM results"
     args: list = []
-    conds = []
     if preset is not None:
-        conds.append("preset=?")
+        q += " WHERE preset=?"
         args.append(preset)
-    if options is not None:
-        conds.append("options=?")
-        args.append(options)
-    if conds:
-        q += " WHERE " + " AND ".join(conds)
     rows = [dict(r) for r in con.execute(q, args)]
     con.close()
+    if options is not None:
+        rows = [r for r in rows if r["options"] == ("{}" if r["method"] in ("full", "random") else options)]
     return rows
 
 

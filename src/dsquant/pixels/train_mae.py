@@ -7,13 +7,12 @@ mask is exactly the dropped patches.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 
-from ..training import Normalize, default_device, set_threads, to_batch
+from ..training import Normalize, default_device, lr_at, optimizer_step, set_threads, to_batch
 from .mae import MAEConfig, MaskedAutoencoderViT
 
 __all__ = ["tiny_mae_config", "train_tiny_mae", "random_keep"]
@@ -84,7 +83,6 @@ def train_tiny_mae(
     n_patches = config.grid**2
     keep = max(1, n_patches - int(round(mask_ratio * n_patches)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
-    warm = max(1, total // 20)
     losses = []
     t0 = time.perf_counter()
     step = 0
@@ -97,14 +95,8 @@ def train_tiny_mae(
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x)
             mask = random_keep(len(idx), n_patches, keep, gen).to(device)
-            lr_now = lr * (step + 1) / warm if step < warm else lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-            for g in opt.param_groups:
-                g["lr"] = lr_now
             loss, _ = model(x, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(opt, loss, lr_at(step, total, lr, "onecycle", warmup=0.05)))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -52,7 +52,7 @@ def test_evaluate_cli_on_digits(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--seeds", "0", "1", "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     stdout = capsys.readouterr().out
-    assert "287 training samples, 360 test samples" in stdout and "mlp" in stdout
+    assert "287 training samples (selected images), 360 test samples" in stdout and "mlp" in stdout
     import json
 
     res = json.loads((tmp_path / "r.json").read_text())

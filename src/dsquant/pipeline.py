@@ -93,6 +93,51 @@ def read_dataset(
     return ds
 
 
+def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device):
+    """The encoder for ``dataset``: its own features, a sentence model for text, the proxy (or
+    the named encoder) for images."""
+    from .embed import IdentityEncoder, make_encoder
+
+    if isinstance(dataset, FeatureDataset):
+        return IdentityEncoder()
+    if isinstance(dataset, TextDataset):
+        if encoder in (None, "sentence"):
+            from .embed.text import SentenceEncoder
+
+            return SentenceEncoder(text_model, device=device)
+        if encoder.startswith("features:"):
+            return make_encoder(encoder)
+        raise ValueError(f"encoder: text data takes 'sentence' or 'features:PATH', got {encoder!r}")
+    if encoder in (None, "proxy"):
+        return make_encoder("proxy", epochs=epochs, width=width, seed=proxy_seed, embedding=embedding, checkpoint=checkpoint, device=device)
+    return make_encoder(encoder)
+
+
+def _bins(emb, n_bins, labels, block_size, precision, progress, source) -> list[np.ndarray]:
+    """Bins of the embedding, with a progress bar; NaN/inf features name their source."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(emb), desc="bins", unit="sample", leave=False)
+    try:
+        return generate_bins(
+            emb.for_binning(),
+            n_bins,
+            labels,
+            block_size=block_size,
+            dtype=np.float32 if precision == "float32" else np.float64,
+            progress=bar.update if bar is not None else None,
+        )
+    except ValueError as exc:
+        if "NaN or inf" not in str(exc):
+            raise
+        raise DataError(f"{source}: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed, epochs, width, checkpoint, embedding, device, progress, mae_options):
     """Grad-CAM++ patch scores of the selected images with the proxy, the kept-patch store, and
     (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest record and
@@ -344,9 +389,12 @@ def compress(
         raise DataError(f"{dataset.source}: the dataset is empty")
     if method != "random":
         _check_bins_fit(ds_labels, n, n_bins, dataset.classes)
+    if drop_ratio is not None and getattr(dataset, "kind", "") != "images":
+        raise ValueError(f"drop_ratio: pixel quantization needs images, {dataset.source} holds {dataset.kind}")
 
-    from .embed import IdentityEncoder, embed, make_encoder
+    from .embed import embed
 
+    proxy_seed = seed if proxy_seed is None else proxy_seed
     bins: list[np.ndarray] = []
     emb_record: dict = {}
     enc_config: dict = {}
@@ -356,48 +404,13 @@ def compress(
         indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
         timings["sample"] = time.perf_counter() - t
     else:
-        if isinstance(dataset, FeatureDataset):
-            enc = IdentityEncoder()
-        elif isinstance(dataset, TextDataset):
-            if encoder in (None, "sentence"):
-                from .embed.text import SentenceEncoder
-
-                enc = SentenceEncoder(text_model, device=device)
-            elif encoder.startswith("features:"):
-                enc = make_encoder(encoder)
-            else:
-                raise ValueError(f"encoder: text data takes 'sentence' or 'features:PATH', got {encoder!r}")
-        elif encoder in (None, "proxy"):
-            enc = make_encoder("proxy", epochs=epochs, width=proxy_width, seed=seed if proxy_seed is None else proxy_seed, embedding=embedding, checkpoint=proxy_checkpoint, device=device)
-        else:
-            enc = make_encoder(encoder)
+        enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device)
         enc_config = enc.config()
         t = time.perf_counter()
         emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
         timings["embed"] = time.perf_counter() - t
-        feats = emb.for_binning()
         t = time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, desc="bins", unit="sample", leave=False)
-        try:
-            bins = generate_bins(
-                feats,
-                n_bins,
-                ds_labels,
-                block_size=block_size,
-                dtype=np.float32 if precision == "float32" else np.float64,
-                progress=bar.update if bar is not None else None,
-            )
-        except ValueError as exc:
-            if "NaN or inf" not in str(exc):
-                raise
-            raise DataError(f"{enc_config.get('path', dataset.source)}: {exc}") from None
-        finally:
-            if bar is not None:
-                bar.close()
+        bins = _bins(emb, n_bins, ds_labels, block_size, precision, progress, enc_config.get("path", dataset.source))
         timings["bins"] = time.perf_counter() - t
         if method == "adq":
             from .adq import bin_scores
@@ -416,7 +429,7 @@ def compress(
                 representativeness=representativeness,
                 diversity_encoder=diversity_encoder,
                 proxy=proxy,
-                seed=seed if proxy_seed is None else proxy_seed,
+                seed=proxy_seed,
                 cache=cache,
                 device=device,
                 progress=progress,
@@ -450,11 +463,9 @@ def compress(
     extra_files: dict = {}
     pixels_record = None
     if drop_ratio is not None:
-        if getattr(dataset, "kind", "") != "images":
-            raise ValueError("drop_ratio: pixel quantization needs images")
         t = time.perf_counter()
         pixels_record, extra_files = _quantize_pixels(
-            dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, seed if proxy_seed is None else proxy_seed,
+            dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed,
             epochs, proxy_width, proxy_checkpoint, embedding, device, progress, mae_options or {},
         )
         timings["pixels"] = time.perf_counter() - t

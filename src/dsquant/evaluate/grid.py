@@ -249,6 +249,10 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
         if full:
             ax.axhline(100 * full["mean"], ls="--", color="k", lw=1, label="full")
         ax.set_xscale("log")
+        ticks = sorted({100 * s["ratio"] for s in sub if s["method"] != "full"})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("keep ratio (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{ds} / {arch}", fontsize=10)

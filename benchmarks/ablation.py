@@ -1,6 +1,7 @@
 """Why do (or don't) DQ and ADQ beat random? Vary one setting at a time and measure.
 
     python benchmarks/ablation.py DATA --out DIR [--ratios 0.05 0.1] [--seeds 0 1 2] [--archs convnet mlp]
+                                  [--preset cpu|cpu-long] [--only NAME...]
 
 Variants (each a set of compress options; random is shared): the defaults; penultimate
 features instead of gradients; a weaker and a stronger proxy (2 and 15 epochs); K = 5 and 20
@@ -40,22 +41,23 @@ def main() -> None:
     p.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.1])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--archs", nargs="+", default=["convnet", "mlp"])
+    p.add_argument("--preset", default="cpu", help="training protocol (cpu-long: the convnet trained ~7x longer)")
     p.add_argument("--only", nargs="+", help="run only variants whose name contains one of these")
     args = p.parse_args()
     variants = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only)]
-    run_grid(Grid([args.data], ["random"], args.ratios, args.archs, args.seeds, "cpu", {}), args.out)
+    run_grid(Grid([args.data], ["random"], args.ratios, args.archs, args.seeds, args.preset, {}), args.out)
     for name, method, opts in variants:
         print(f"== {name}", flush=True)
-        run_grid(Grid([args.data], [method], args.ratios, args.archs, args.seeds, "cpu", {**DEFAULTS, **opts}), args.out)
+        run_grid(Grid([args.data], [method], args.ratios, args.archs, args.seeds, args.preset, {**DEFAULTS, **opts}), args.out)
     con = sqlite3.connect(str(Path(args.out) / "results.sqlite"))
-    rows = con.execute("SELECT method, ratio, arch, options, accuracy FROM results WHERE preset='cpu'").fetchall()
+    rows = con.execute("SELECT method, ratio, arch, options, accuracy FROM results WHERE preset=?", (args.preset,)).fetchall()
 
     def stats(method, options, ratio, arch):
         acc = [a for m, r, ar, o, a in rows if m == method and r == ratio and ar == arch and o == options]
         return (np.mean(acc), np.std(acc, ddof=1) if len(acc) > 1 else 0.0, len(acc)) if acc else None
 
     for arch in args.archs:
-        print(f"\n### {Path(args.data).name} / {arch} (cpu preset, seeds {args.seeds})\n")
+        print(f"\n### {Path(args.data).name} / {arch} ({args.preset} preset, seeds {args.seeds})\n")
         print("| variant | " + " | ".join(f"{100 * r:g} %" for r in args.ratios) + " |")
         print("|---|" + "---|" * len(args.ratios))
         base = {r: stats("random", "{}", r, arch) for r in args.ratios}

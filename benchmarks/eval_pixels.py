@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--mae-epochs", type=int, default=10)
     p.add_argument("--mae-samples", type=int, default=None)
     p.add_argument("--mae", help="also a local MAE checkpoint (official layout)")
+    p.add_argument("--save-mae", help="write the tiny MAE trained here to this .pt (for --reconstructor tiny-mae:PATH)")
     args = p.parse_args()
     cache = Cache()
     train = read_dataset(args.data, "train", cache=cache)
@@ -74,6 +75,10 @@ def main() -> None:
     t = time.perf_counter()
     mae, info = train_tiny_mae(train.images, patch, epochs=args.mae_epochs, max_samples=args.mae_samples)
     mae_s = time.perf_counter() - t
+    if args.save_mae:
+        from dsquant.pixels.train_mae import save_mae
+
+        save_mae(mae, args.save_mae, info)
     recs = [InpaintReconstructor(), InpaintReconstructor(method="ns"), MAEReconstructor(mae, name=f"tiny MAE ({args.mae_epochs} epochs)"), _MeanFill()]
     if args.mae:
         from dsquant.pixels.mae import load_mae

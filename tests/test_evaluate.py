@@ -19,6 +19,8 @@ def test_presets_follow_the_protocols():
     cpu = PRESETS["cpu"]
     # a sample budget: about the same compute at every keep ratio, within the epoch bounds
     assert cpu.epochs_for(500) == 30 and cpu.epochs_for(5000) == 3 and cpu.epochs_for(50000) == 2
+    long = PRESETS["cpu-long"]
+    assert long.epochs_for(500) == 200 and long.epochs_for(5000) == 20 and long.epochs_for(50000) == 2
     assert "logreg" in ARCHITECTURES and all(a in ARCHITECTURES for a in cpu.archs)
     assert not any(a.startswith("proxy") for a in ARCHITECTURES)
 

@@ -90,6 +90,13 @@ def test_sentence_encoder_offline():
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     # paraphrases are closer than unrelated sentences
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+    # --max-tokens truncates: a text is embedded as its first 8 tokens, a short text is unchanged
+    short = SentenceEncoder(max_seq_length=8)
+    words = "the quick brown fox jumps over the lazy dog"
+    long_e, head_e, short_e = short.encode_texts([words + " and then runs far away into the forest", words, "a cat"])
+    assert np.allclose(long_e, head_e, atol=1e-5) and not np.allclose(long_e, enc.encode_texts([words + " and then runs far away into the forest"])[0], atol=1e-3)
+    assert np.allclose(short_e, enc.encode_texts(["a cat"])[0], atol=1e-5)
+    assert short.config()["max_seq_length"] == 8 != enc.config()["max_seq_length"]
 
 
 def test_compress_text_cli_writes_subset_records_unchanged(tmp_path, capsys):

@@ -93,7 +93,7 @@ def read_dataset(
     return ds
 
 
-def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device):
+def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device, text_max_tokens=None):
     """The encoder for ``dataset``: its own features, a sentence model for text, the proxy (or
     the named encoder) for images."""
     from .embed import IdentityEncoder, make_encoder
@@ -104,7 +104,7 @@ def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding,
         if encoder in (None, "sentence"):
             from .embed.text import SentenceEncoder
 
-            return SentenceEncoder(text_model, device=device)
+            return SentenceEncoder(text_model, max_seq_length=text_max_tokens, device=device)
         if encoder.startswith("features:"):
             return make_encoder(encoder)
         raise ValueError(f"encoder: text data takes 'sentence' or 'features:PATH', got {encoder!r}")
@@ -289,6 +289,7 @@ def compress(
     reconstructor: str = "inpaint",
     mae_options: dict | None = None,
     text_model: str = "all-MiniLM-L6-v2",
+    text_max_tokens: int | None = None,
     template: str | None = None,
     group_by: str | None = None,
     device: str | None = None,
@@ -338,6 +339,8 @@ def compress(
             saved as ``out/tiny-mae.pt``).
         mae_options: options of :func:`dsquant.pixels.train_mae.train_tiny_mae`.
         text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
+        text_max_tokens: truncate every text to this many tokens (default: the model's, 256
+            for all-MiniLM-L6-v2); 128 embeds long instruction data about 1.5x faster on a CPU.
         template: the text embedded per record, a ``str.format`` template over its fields
             (default DQ's: instruction + input + output).
         group_by: a record field; its groups are binned separately, like classes.
@@ -404,7 +407,7 @@ def compress(
         indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
         timings["sample"] = time.perf_counter() - t
     else:
-        enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device)
+        enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens)
         enc_config = enc.config()
         t = time.perf_counter()
         emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)

@@ -56,6 +56,10 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert sum(len(b) for b in bins) == len(feats)
     tokens = args.max_tokens or enc.load().max_seq_length
+    lengths = np.array([len(ids) for ids in enc.load().tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    print(f"tokens per record (sample of {len(texts):,}): median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, "
+          f"{np.mean(lengths > 128):.0%} beyond 128, {np.mean(lengths > 256):.0%} beyond 256; "
+          f"mean embedded at {tokens}: {np.minimum(lengths, tokens).mean():.0f}\n")
     full = n / rate
     est = f"{full / 60:.1f} min ({rate:.1f} records/s" + (f", measured on {len(texts):,} random records)" if len(texts) < n else ")")
     print(f"| data | records | read | embed (all-MiniLM-L6-v2, {tokens} tokens) | bins (K={args.bins}, one pool) | peak RSS |")

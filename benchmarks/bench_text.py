@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--sample", type=int, help="embed only this many records, drawn at random, and extrapolate")
     p.add_argument("--max-tokens", type=int, help="truncate texts to this many tokens (default: the model's)")
+    p.add_argument("--tokens-only", action="store_true", help="only print the token lengths of the (sampled) records")
     p.add_argument("--save", help="also save the embedding to this .npy")
     args = p.parse_args()
     t = time.perf_counter()
@@ -39,6 +40,9 @@ def main() -> None:
         texts = [texts[i] for i in np.sort(np.random.default_rng(0).choice(n, args.sample, replace=False))]
     read_s = time.perf_counter() - t
     enc = SentenceEncoder(max_seq_length=args.max_tokens)
+    if args.tokens_only:
+        _token_stats(enc, texts, args.max_tokens or enc.load().max_seq_length)
+        return
     t = time.perf_counter()
     feats = enc.encode_texts(texts, progress=False)
     embed_s = time.perf_counter() - t
@@ -56,15 +60,19 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert sum(len(b) for b in bins) == len(feats)
     tokens = args.max_tokens or enc.load().max_seq_length
-    lengths = np.array([len(ids) for ids in enc.load().tokenizer(texts, add_special_tokens=True)["input_ids"]])
-    print(f"tokens per record (sample of {len(texts):,}): median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, "
-          f"{np.mean(lengths > 128):.0%} beyond 128, {np.mean(lengths > 256):.0%} beyond 256; "
-          f"mean embedded at {tokens}: {np.minimum(lengths, tokens).mean():.0f}\n")
+    _token_stats(enc, texts, tokens)
     full = n / rate
     est = f"{full / 60:.1f} min ({rate:.1f} records/s" + (f", measured on {len(texts):,} random records)" if len(texts) < n else ")")
     print(f"| data | records | read | embed (all-MiniLM-L6-v2, {tokens} tokens) | bins (K={args.bins}, one pool) | peak RSS |")
     print("|---|---|---|---|---|---|")
     print(f"| {Path(args.data).name} | {n:,} | {read_s:.1f} s | {est} | {bins_s:.1f} s{' (sample tiled to the full count)' if len(texts) < n else ''} | {rss:.2f} GB |")
+
+
+def _token_stats(enc, texts, tokens: int) -> None:
+    lengths = np.array([len(ids) for ids in enc.load().tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    print(f"tokens per record (sample of {len(texts):,}): median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, "
+          f"{np.mean(lengths > 128):.0%} beyond 128, {np.mean(lengths > 256):.0%} beyond 256; "
+          f"mean embedded at {tokens}: {np.minimum(lengths, tokens).mean():.0f}\n")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--method", choices=["dq", "adq", "random"], default="dq", help="dq (default), adq (adaptive per-bin shares) or random (class-balanced baseline)")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
     p.add_argument("--encoder", help="images: proxy (default), pixels or features:PATH; text: sentence (default) or features:PATH")
-    p.add_argument("--max-tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256; 128 is ~1.5x faster on a CPU)")
+    p.add_argument("--max-tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")
     p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline)")
     p.add_argument("--template", help="text: what to embed per record, e.g. '{instruction} {output}' (default: DQ's instruction + input + output)")
     p.add_argument("--group-by", help="text: a record field whose groups are binned separately, like classes")

@@ -340,7 +340,7 @@ def compress(
         mae_options: options of :func:`dsquant.pixels.train_mae.train_tiny_mae`.
         text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
         text_max_tokens: truncate every text to this many tokens (default: the model's, 256
-            for all-MiniLM-L6-v2); 128 embeds long instruction data about 1.5x faster on a CPU.
+            for all-MiniLM-L6-v2); fewer is faster on long records.
         template: the text embedded per record, a ``str.format`` template over its fields
             (default DQ's: instruction + input + output).
         group_by: a record field; its groups are binned separately, like classes.

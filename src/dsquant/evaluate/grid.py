@@ -65,9 +65,13 @@ class Grid:
 
     def options_key(self, method: str = "dq") -> str:
         """The compress options that matter for ``method`` (none for full and random)."""
-        if method in ("full", "random"):
-            return "{}"
-        return json.dumps(self.compress_options, sort_keys=True)
+        return _method_options(method, json.dumps(self.compress_options, sort_keys=True))
+
+
+def _method_options(method: str, options: str) -> str:
+    """The options key a result row of ``method`` carries: random and full do not depend on the
+    compress options."""
+    return "{}" if method in ("full", "random") else options
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -175,7 +179,7 @@ def _rows(db: Path, preset: str | None = None, options: str | None = None) -> li
     rows = [dict(r) for r in con.execute(q, args)]
     con.close()
     if options is not None:
-        rows = [r for r in rows if r["options"] == ("{}" if r["method"] in ("full", "random") else options)]
+        rows = [r for r in rows if r["options"] == _method_options(r["method"], options)]
     return rows
 
 

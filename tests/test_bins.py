@@ -159,3 +159,63 @@ def test_float32_rows_still_give_the_exact_float64_greedy(rng):
     for block in (3, 80):
         got = generate_bins(feats, 4, block_size=block, dtype=np.float32)
         assert [b.tolist() for b in got] == [b.tolist() for b in expected]
+
+
+@pytest.fixture
+def small_active_set(monkeypatch):
+    """Active sets far smaller than the pool, so that the bounds outside them decide."""
+    from dsquant.core.bins import _PoolGreedy
+
+    monkeypatch.setattr(_PoolGreedy, "active_factor", 1.2)
+    monkeypatch.setattr(_PoolGreedy, "_ACTIVE_EXTRA", 2)
+    monkeypatch.setattr(_PoolGreedy, "_MIN_PICKS_PER_REFRESH", 2)
+    monkeypatch.setattr(_PoolGreedy, "batch", 8)
+    return _PoolGreedy
+
+
+def _pool_run(feats, n_bins, dtype):
+    from dsquant.core.bins import _PoolGreedy
+    from dsquant.core.similarity import make_kernel
+
+    sizes = bin_sizes([len(feats)], n_bins)[0]
+    greedy = _PoolGreedy(make_kernel(feats, dtype=dtype), 1.0, None, 2**31)
+    bins = [np.sort(greedy.select(int(b))).tolist() for b in sizes[:-1]]
+    return bins + [greedy.index.tolist()], greedy
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_active_set_bounds_keep_the_exact_greedy(small_active_set, seed):
+    # one-signed clustered features (like ReLU embeddings): the bounds outside the active
+    # set hold, so bins are built with refreshes inside a bin, never from the whole pool
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, 16))
+    feats = np.maximum(centres[rng.integers(0, 5, 300)] + 0.7 * rng.standard_normal((300, 16)), 0)
+    expected = [b.tolist() for b in naive_bins(feats, 4)]
+    for dtype in (np.float64, np.float32):
+        got, greedy = _pool_run(feats, 4, dtype)
+        assert got == expected
+        assert greedy.stats["refreshes"] > 3  # more than one active set per bin
+        assert not greedy.whole_pool
+
+
+def test_active_set_falls_back_to_the_whole_pool_on_flat_scores(small_active_set, rng, monkeypatch):
+    monkeypatch.setattr(small_active_set, "_MIN_PICKS_PER_REFRESH", 16)
+    feats = rng.standard_normal((200, 40))  # mixed signs, near-orthogonal: flat gains
+    expected = [b.tolist() for b in naive_bins(feats, 3)]
+    got, greedy = _pool_run(feats, 3, np.float32)
+    assert got == expected
+    assert greedy.whole_pool
+
+
+def test_active_set_with_gradients_ties_and_zero_rows(small_active_set, rng):
+    n, c, d = 160, 3, 6
+    labels = rng.integers(0, c, n)
+    delta = softmax_delta(rng.standard_normal((n, c)).astype(np.float32), labels).astype(np.float64)
+    feats = np.maximum(rng.standard_normal((n, d)), 0)
+    delta[[5, 40, 77]] = delta[3]
+    feats[[5, 40, 77]] = feats[3]  # exact duplicates: ties across the active-set boundary
+    delta[9] = 0.0  # a zero gradient
+    expected = naive_bins(explicit_gradients(delta, feats), 4, labels)
+    for dtype in (np.float64, np.float32):
+        got = generate_bins(GradientEmbedding(delta, feats), 4, labels, dtype=dtype, n_jobs=1)
+        assert [b.tolist() for b in got] == [b.tolist() for b in expected]

@@ -11,17 +11,21 @@ per-class bin sizes follow the official code (see :func:`bin_sizes`).
 How this is fast and exact:
 
 * ``sum_{i in V} s_ix`` is one matrix-vector product over the pool, not an n x n matrix;
-* the gains of every sample are kept up to date with a running float64 sum,
-  ``gain <- gain - (1 + cos(f_x*, f_V))`` after each pick, so a step costs O(n) instead of the
-  official O(|S| n);
-* the rows ``cos(f_x, f_V)`` are computed by matrix products, a batch at a time, for the
-  samples with the highest gains, and held in a buffer of bounded size (``memory``); each
-  sample's row is computed about once, so the total work is about half a Gram matrix;
+* the score is linear in the unit embeddings, ``score(x) = <u_x, w>``, so a sample's exact score
+  costs O(d) and all of them one matrix-vector product;
+* running float64 scores are kept for an *active set* A (the best samples at the last exact
+  refresh, about 1.5 times the bin's picks), ``score <- score - cos(f_x*, f_A)`` after each pick,
+  in one compiled pass (:mod:`dsquant.core._steps`); every other sample has a Cauchy-Schwarz
+  upper bound on its score, and when the best of A no longer beats every bound, all scores are
+  refreshed exactly and A is chosen again (a lazy greedy in blocks). When the bounds do not
+  hold up (flat gains), A is the whole pool;
+* the rows ``cos(f_x, f_A)`` are computed by matrix products, a batch at a time, for the
+  samples of A with the highest scores, and held in a buffer of bounded size (``memory``);
 * the rows may be float32 and the result is still the exact float64 greedy: samples whose
-  running gain is within the rounding bound of the best are re-scored exactly before a pick,
+  running score is within the rounding bound of the best are re-scored exactly before a pick,
   and ties (within 64 float64 ulps) go to the lowest index.
 
-Pure numpy, no I/O.
+Pure numpy (and a numba-compiled inner loop), no I/O.
 """
 
 from __future__ import annotations
@@ -126,8 +130,8 @@ class _RowsState:
 
     Rows are computed ``batch`` at a time (one matrix product) for the samples with the highest
     scores that lack one, and kept until the buffer is full; then the rows of the
-    lowest-scoring samples make room. The buffer is one flat array, reused in place as the pool
-    shrinks: memory stays at ``capacity * width`` values.
+    lowest-scoring samples make room. The buffer is one flat array that the caller may pass
+    in again for the next kernel: memory stays at ``capacity * width`` values.
     """
 
     def __init__(self, kernel, capacity: int, batch: int = 256, buffer: np.ndarray | None = None) -> None:
@@ -136,7 +140,7 @@ class _RowsState:
         self.capacity = max(1, min(capacity, width))
         self.batch = max(1, min(batch, self.capacity))
         size = self.capacity * width
-        if buffer is None or buffer.size < size:
+        if buffer is None or buffer.size < size or buffer.dtype != kernel.dtype:
             buffer = np.empty(size, dtype=kernel.dtype)
         self.buffer = buffer
         self.rows = buffer[:size].reshape(self.capacity, width)
@@ -172,10 +176,11 @@ class _RowsState:
         self.slot[need] = slots
         self.computed += len(need)
 
+
     def compact(self, keep: np.ndarray, capacity: int) -> "_RowsState":
         """The same rows over the columns where ``keep`` is True, for the restricted kernel,
         moved within the same buffer; at most ``capacity`` rows of the new width are kept."""
-        kernel = self.kernel.restrict(keep)
+        kernel = self.kernel.restrict(keep, rows_only=True)
         m = len(kernel)
         capacity = max(1, min(capacity, m, self.buffer.size // max(1, m)))
         held = np.flatnonzero(self.owner >= 0)
@@ -192,7 +197,6 @@ class _RowsState:
         remap[keep] = np.arange(m)
         owners = remap[self.owner[held]]
         new = _RowsState(kernel, capacity, self.batch, buffer=flat)
-        new.computed = self.computed
         new.owner[: len(owners)] = owners
         new.slot[owners] = np.arange(len(owners))
         return new
@@ -205,24 +209,40 @@ class _PoolGreedy:
     gain ``lam * sum_V s_ix - 2 sum_S s_jx`` minus ``0.5 lam |V| - |S|``, which is the same for
     every x, so the argmax is the same.
 
-    Every sample's score is kept up to date with rows ``cos(f_x*, f_V)`` from a
-    :class:`_RowsState` (in the kernel's dtype), summed in float64. The result is nevertheless
-    the exact float64 greedy: each row entry is off by at most ``kernel.row_error``, so ``t``
-    steps after its last exact value a score is within ``t * row_error`` of the truth; every
-    sample whose running score is that close to the best is re-scored exactly
-    (``sum_S cos_jx = <f_x, sum_S f_j>`` in float64) and the best exact score wins, ties (within
-    64 ulps) going to the lowest index. When too many samples are that close, every score is
-    re-anchored to its exact value.
+    Running scores are kept for an *active set* A, the samples with the highest exact scores
+    at the last refresh (about ``active_factor`` times the picks still to make), with rows
+    ``cos(f_x*, f_A)`` from a :class:`_RowsState` (in the kernel's dtype) summed in float64.
+    Every other sample has an upper bound on its score (see :mod:`dsquant.core._steps`); a
+    pick is taken only when the best of A beats every bound, else all scores are refreshed
+    exactly (one matrix-vector product) and A is chosen again. Where the bounds do not hold up
+    (flat scores), A becomes the whole pool.
+
+    The result is the exact float64 greedy: each row entry is off by at most
+    ``kernel.row_error``, so ``t`` steps after its last exact value a score is within
+    ``t * row_error`` of the truth; every sample whose running score is that close to the best
+    is re-scored exactly (``sum_S cos_jx = <f_x, sum_S f_j>`` in float64) and the best exact
+    score wins, ties (within 64 ulps) going to the lowest index. When too many samples are that
+    close, every score is re-anchored to its exact value.
     """
+
+    #: the active set holds this many times the picks still to make (plus ``_ACTIVE_EXTRA``)
+    active_factor = 1.5
+    _ACTIVE_EXTRA = 256
+    #: fewer picks than this per refresh, on average over a bin, and A becomes the whole pool
+    _MIN_PICKS_PER_REFRESH = 16
+    batch = 128
 
     def __init__(self, kernel, lam: float, block_size: int | None, memory: int) -> None:
         self.lam = float(lam)
+        self.kernel = kernel
         self.index = np.arange(len(kernel), dtype=np.int64)  # column -> position in the pool
         self.column_sums = np.array(kernel.column_sums(), dtype=np.float64)
         self.block_size = block_size
         self.memory = memory
-        self.rows = _RowsState(kernel, self._capacity(len(kernel), kernel.dtype))
-        self.stats = {"rescored": 0, "anchors": 0}
+        self.buffer: np.ndarray | None = None
+        self.whole_pool = False
+        self.carry: _RowsState | None = None  # whole-pool rows kept for the next bin
+        self.stats = {"rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0}
 
     def _capacity(self, width: int, dtype) -> int:
         """Rows of ``width`` values that fit: ``block_size`` if given, else the memory budget."""
@@ -235,49 +255,115 @@ class _PoolGreedy:
 
         Returns the picks as positions in the first pool, in selection order.
         """
-        state = self.rows
-        kernel = state.kernel
+        # numba is imported on first use: it costs 0.3 s, and most commands never bin
+        from ._steps import CONTEND, NEED_ROW, STALE, greedy_steps
+
+        kernel = self.kernel
         n = len(self.index)
+        eps = np.finfo(np.float64).eps
         score0 = (0.5 * self.lam) * self.column_sums
-        scores = score0.copy()
-        picked_sum = kernel.accumulator()  # exact float64 sum_{j in S} f_j (or its factors)
         # scores reached by different float64 paths differ by rounding: this close is a tie
         scale = float(np.abs(score0).max()) + budget + 1.0
-        tol = _TIE_ULPS * np.finfo(np.float64).eps * scale
-        drift = kernel.row_error + 4 * np.finfo(np.float64).eps * scale  # per step, at most
-        rows, slot, owner = state.rows, state.slot, state.owner
+        tol = _TIE_ULPS * eps * scale
+        drift = kernel.row_error + 4 * eps * scale  # per step, at most
+        slack = tol + 1e-9 * scale  # rounding of the bounds on the scores outside A
+        # the mean direction q = sum_i u_i / |sum_i u_i|: a_x = <u_x, q>, rho_x = |u_x - a_x q|
+        total = float(self.column_sums.sum())
+        along = self.column_sums / np.sqrt(total) if total > 0 else np.zeros(n)
+        selfsim = kernel.self_similarity()
+        across = np.sqrt(np.maximum(selfsim - along * along, 0.0)) * (1 + 1e-12) + 1e-12
+        picked_sum = kernel.accumulator()  # exact float64 sum_{j in S} f_j (or its factors)
         chosen = np.empty(budget, dtype=np.int64)
-        since_exact = 0
-        reported = 0
-        for step in range(budget):
-            x = int(scores.argmax())
-            close = np.flatnonzero(scores >= scores[x] - (2.0 * since_exact * drift + tol))
-            if len(close) > 1:
-                if len(close) > _MAX_RESCORE:  # re-anchor every score to its exact value
-                    live = np.flatnonzero(np.isfinite(scores))
-                    scores[live] = score0[live] - picked_sum.dot(live)
-                    since_exact = 0
-                    self.stats["anchors"] += 1
-                    x = int(scores.argmax())
-                    close = np.flatnonzero(scores >= scores[x] - tol)
-                if len(close) > 1:  # re-score the contenders exactly; lowest index on a tie
-                    exact = score0[close] - picked_sum.dot(close)
-                    x = int(close[np.argmax(exact >= exact.max() - tol)])
-                    self.stats["rescored"] += 1
-            j = slot[x]
-            if j < 0:
-                state.refill(scores, n - step, x)
-                j = slot[x]
-            scores -= rows[j]
-            scores[x] = -np.inf
-            owner[j] = -1
-            slot[x] = -1
-            picked_sum.add(x)
-            chosen[step] = x
-            since_exact += 1
-            if progress is not None and step + 1 - reported >= 1024:
-                progress(step + 1 - reported)
-                reported = step + 1
+        exact = score0.copy()
+        live = np.ones(n, dtype=bool)
+        added = 0  # chosen[:added] are in picked_sum
+        step, reported, refreshes = 0, 0, 0
+
+        def flush() -> None:
+            nonlocal added
+            if added < step:
+                picked_sum.add_many(chosen[added:step])
+                added = step
+
+        state, outside, active = None, None, None
+        while step < budget:
+            # (re)start: exact scores of the whole pool, a new active set
+            if step > 0:
+                flush()
+                exact[live] = score0[live] - kernel.cos_sums(picked_sum)[live]
+            refreshes += 1
+            start = step
+            live_at = np.flatnonzero(live)
+            m = len(live_at)
+            if not self.whole_pool:
+                m = min(m, int(self.active_factor * budget) + self._ACTIVE_EXTRA)
+            if m < len(live_at):
+                top = np.argpartition(-exact[live_at], m - 1)[:m]
+                active = np.sort(live_at[top])
+            else:
+                active = live_at
+            inside = np.zeros(n, dtype=bool)
+            inside[active] = True
+            outside = np.flatnonzero(live & ~inside)
+            out_snap = exact[outside]
+            out_a, out_rho = along[outside], across[outside]
+            coarse = (
+                np.array([out_snap.max(), out_a.min(), out_a.max(), out_rho.max()])
+                if len(outside)
+                else np.zeros(4)
+            )
+            if self.carry is not None and step == 0 and not len(outside):
+                state, self.carry = self.carry, None  # the rows of the last bin, compacted
+            else:
+                state = _RowsState(
+                    kernel.restrict(inside, rows_only=True), self._capacity(len(active), kernel.dtype),
+                    batch=self.batch, buffer=self.buffer,
+                )
+                self.buffer = state.buffer
+            scores = exact[active]
+            snap = scores.copy()
+            act_a, act_self = along[active], selfsim[active]
+            acc = np.zeros(3)
+            since_exact, forced = 0, -1
+            while step < budget:
+                stop = budget if progress is None else min(budget, reported + 1024)
+                step, since_exact, status, x = greedy_steps(
+                    scores, state.rows, state.slot, state.owner, chosen, active, step, stop,
+                    forced, since_exact, drift, tol, snap, act_a, act_self, out_snap, out_a,
+                    out_rho, coarse, acc, slack,
+                )
+                forced = -1
+                if progress is not None and step - reported >= 1024:
+                    progress(step - reported)
+                    reported = step
+                if status == STALE:
+                    break
+                if status == CONTEND:
+                    flush()
+                    close = np.flatnonzero(scores >= scores[x] - (2.0 * since_exact * drift + tol))
+                    if len(close) > _MAX_RESCORE:  # re-anchor every score to its exact value
+                        held = np.flatnonzero(np.isfinite(scores))
+                        scores[held] = score0[active[held]] - picked_sum.dot(active[held])
+                        since_exact = 0
+                        self.stats["anchors"] += 1
+                        x = int(scores.argmax())
+                        close = np.flatnonzero(scores >= scores[x] - tol)
+                    if len(close) > 1:  # re-score the contenders exactly; lowest index on a tie
+                        exact_close = score0[active[close]] - picked_sum.dot(active[close])
+                        x = int(close[np.argmax(exact_close >= exact_close.max() - tol)])
+                        self.stats["rescored"] += 1
+                    forced = x
+                elif status == NEED_ROW:
+                    state.refill(scores, len(active) - (step - start), x)
+                    forced = x
+            live[chosen[start:step]] = False
+            self.stats["rows"] += state.computed
+            if step < budget and (
+                step == start or step < refreshes * self._MIN_PICKS_PER_REFRESH
+            ):
+                self.whole_pool = True  # the bounds do not hold up on this pool
+        self.stats["refreshes"] += refreshes
+        flush()
         if progress is not None and budget > reported:
             progress(budget - reported)
         keep = np.ones(n, dtype=bool)
@@ -285,10 +371,13 @@ class _PoolGreedy:
         rest = np.flatnonzero(keep)
         picked = self.index[chosen]
         self.index = self.index[rest]
+        self.carry = None
         if len(rest):
-            self.rows = state.compact(keep, self._capacity(len(rest), kernel.dtype))
+            if state is not None and not len(outside):  # whole-pool rows: the next pool's columns
+                self.carry = state.compact(keep[active], self._capacity(len(rest), kernel.dtype))
+            self.kernel = kernel.restrict(keep)
             # sum_{i in V'} cos_ix = sum_{i in V} cos_ix - sum_{j in S} cos_jx for the next pool
-            self.column_sums = self.column_sums[rest] - self.rows.kernel.cos_sums(picked_sum)
+            self.column_sums = self.column_sums[rest] - self.kernel.cos_sums(picked_sum)
         return picked
 
 

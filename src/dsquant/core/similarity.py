@@ -80,8 +80,8 @@ class _SumAccumulator:
         self._unit64 = unit64
         self._sum = np.zeros(unit64.shape[1], dtype=np.float64)
 
-    def add(self, x: int) -> None:
-        self._sum += self._unit64[x]
+    def add_many(self, index: np.ndarray) -> None:
+        self._sum += self._unit64[index].sum(axis=0)
 
     def dot(self, index: np.ndarray) -> np.ndarray:
         """(len(index),) float64: ``sum_{j added} cos(j, x)`` for x in ``index``."""
@@ -96,9 +96,10 @@ class _OuterAccumulator:
         self._sum = np.zeros(delta64.shape[1], dtype=np.float64)
         self._cross = np.zeros((delta64.shape[1], feat64.shape[1]), dtype=np.float64)
 
-    def add(self, x: int) -> None:
-        self._sum += self._delta[x]
-        self._cross += np.outer(self._delta[x], self._feat[x])
+    def add_many(self, index: np.ndarray) -> None:
+        delta = self._delta[index]
+        self._sum += delta.sum(axis=0)
+        self._cross += delta.T @ self._feat[index]
 
     def dot(self, index: np.ndarray) -> np.ndarray:
         delta, feat = self._delta[index], self._feat[index]
@@ -133,6 +134,7 @@ class CosineKernel:
         self._column_sums = unit @ unit.sum(axis=0)
         self._unit64 = unit
         self._unit = unit.astype(dtype, copy=False)
+        self._self = np.any(unit != 0, axis=1).astype(np.float64)
         self.dtype = np.dtype(dtype)
         #: bound on the error of one entry of :meth:`rows` (cosines lie in [-1, 1])
         self.row_error = _dot_error(unit.shape[1], self.dtype)
@@ -152,17 +154,23 @@ class CosineKernel:
         """(n,) float64: ``sum_i cos(f_i, f_x)`` over all rows i, for every row x."""
         return self._column_sums
 
+    def self_similarity(self) -> np.ndarray:
+        """(n,) float64: ``cos(x, x)``, 1 for a nonzero vector and 0 for a zero one."""
+        return self._self
+
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype
         (written into ``out`` when given)."""
         return np.matmul(self._unit[cand], self._unit.T, out=out)
 
-    def restrict(self, keep: np.ndarray) -> "CosineKernel":
+    def restrict(self, keep: np.ndarray, rows_only: bool = False) -> "CosineKernel":
         """The kernel over the rows where the boolean mask ``keep`` is True. Its column sums
-        are not kept: they depend on the set."""
+        are not kept: they depend on the set. With ``rows_only``, only :meth:`rows` works
+        (the float64 copy is not made)."""
         new = CosineKernel.__new__(CosineKernel)
-        new._unit64 = self._unit64[keep]
-        new._unit = new._unit64 if self._unit is self._unit64 else self._unit[keep]
+        new._unit64 = None if rows_only else self._unit64[keep]
+        new._unit = new._unit64 if self._unit is self._unit64 and not rows_only else self._unit[keep]
+        new._self = self._self[keep]
         new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
         return new
 
@@ -183,6 +191,7 @@ class GradientKernel:
         cross = delta.T @ feat  # (C, d)
         self._column_sums = delta @ delta.sum(axis=0) + np.einsum("ij,ij->i", delta @ cross, feat)
         self._delta64, self._feat64 = delta, feat
+        self._self = (norms > 0).astype(np.float64)
         self._delta = delta.astype(dtype, copy=False)
         self._feat = feat.astype(dtype, copy=False)
         self.dtype = np.dtype(dtype)
@@ -207,6 +216,10 @@ class GradientKernel:
         """(n,) float64: ``sum_i cos(g_i, g_x)`` over all rows i, for every row x."""
         return self._column_sums
 
+    def self_similarity(self) -> np.ndarray:
+        """(n,) float64: ``cos(x, x)``, 1 for a nonzero vector and 0 for a zero one."""
+        return self._self
+
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype
         (written into ``out`` when given)."""
@@ -215,13 +228,19 @@ class GradientKernel:
         out *= self._delta[cand] @ self._delta.T
         return out
 
-    def restrict(self, keep: np.ndarray) -> "GradientKernel":
-        """The kernel over the rows where the boolean mask ``keep`` is True."""
+    def restrict(self, keep: np.ndarray, rows_only: bool = False) -> "GradientKernel":
+        """The kernel over the rows where the boolean mask ``keep`` is True (with
+        ``rows_only``, only :meth:`rows` works: the float64 copies are not made)."""
         new = GradientKernel.__new__(GradientKernel)
-        new._delta64, new._feat64 = self._delta64[keep], self._feat64[keep]
         lo = self._delta is not self._delta64
-        new._delta = self._delta[keep] if lo else new._delta64
-        new._feat = self._feat[keep] if lo else new._feat64
+        if rows_only:
+            new._delta64 = new._feat64 = None
+            new._delta, new._feat = self._delta[keep], self._feat[keep]
+        else:
+            new._delta64, new._feat64 = self._delta64[keep], self._feat64[keep]
+            new._delta = self._delta[keep] if lo else new._delta64
+            new._feat = self._feat[keep] if lo else new._feat64
+        new._self = self._self[keep]
         new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
         return new
 

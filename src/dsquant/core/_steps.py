@@ -1,0 +1,152 @@
+"""The compiled inner loop of the GraphCut greedy (used by :mod:`dsquant.core.bins`).
+
+One greedy step subtracts the picked sample's row of similarities from every running score and
+finds the next best score: two passes over n floats that numpy would spread over half a dozen
+calls (and the GIL). Here both happen in one compiled pass, with the GIL released so that pools
+binned on threads run in parallel. The loop hands control back to Python whenever it needs
+something only Python has: a row that is not computed yet, an exact re-scoring of near-ties, or
+exact scores for the whole pool.
+
+The running scores cover an *active set* A of the pool; every other sample x has an exact score
+``snap_x`` from the last refresh and an upper bound on its score since then (Cauchy-Schwarz
+around the pool's mean direction q, ALGORITHMS.md section 3 with ``s = 0.5 + 0.5 cos``):
+
+    score(x) = snap_x - <u_x, D>  <=  snap_x - a_x P + rho_x R
+
+where D is the sum of the unit embeddings picked since the refresh, ``a_x = <u_x, q>``,
+``rho_x = sqrt(|u_x|^2 - a_x^2)``, ``P = <D, q>`` and ``R = sqrt(|D|^2 - P^2)``. Both P and
+``|D|^2`` are kept as running scalars (``|D|^2`` grows by ``2 sum_{j picked} cos(x, j) + |u_x|^2``
+per pick, and that sum is the drop of x's own running score), so the bound costs O(1) per step
+in the common case and O(|pool \\ A|) otherwise. A pick is taken only when the best running
+score of A beats every bound by more than the tie tolerance; else the loop asks for a refresh.
+
+The arithmetic of the scores is numpy's (``score - float64(row)`` per entry), so the picks are
+the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["DONE", "CONTEND", "NEED_ROW", "STALE", "greedy_steps"]
+
+#: ``stop`` steps were taken
+DONE = 0
+#: another score is within the error band of the best: re-score the contenders exactly
+CONTEND = 1
+#: the best sample has no row yet: compute it, then call again with ``forced`` = that sample
+NEED_ROW = 2
+#: a sample outside the active set might beat the best inside it: refresh every score
+STALE = 3
+
+
+@njit(nogil=True, cache=True)
+def _top2(scores):
+    best = -np.inf
+    second = -np.inf
+    arg = -1
+    for i in range(scores.shape[0]):
+        v = scores[i]
+        if v > best:
+            second = best
+            best = v
+            arg = i
+        elif v > second:
+            second = v
+    return arg, best, second
+
+
+@njit(nogil=True, cache=True)
+def _coarse_bound(coarse, p, r):
+    """O(1) upper bound on every outside score, from the extremes of snap, a and rho."""
+    ap = -p * coarse[1] if p >= 0 else -p * coarse[2]
+    return coarse[0] + ap + coarse[3] * r
+
+
+@njit(nogil=True, cache=True)
+def _outside_bound(out_snap, out_a, out_rho, p, r):
+    """O(n) upper bound: the largest ``snap_x - a_x P + rho_x R`` outside the active set."""
+    best = -np.inf
+    for i in range(out_snap.shape[0]):
+        v = out_snap[i] - out_a[i] * p + out_rho[i] * r
+        if v > best:
+            best = v
+    return best
+
+
+@njit(nogil=True, cache=True)
+def greedy_steps(
+    scores, rows, slot, owner, chosen, index, step, stop, forced, since_exact, drift, tol,
+    snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
+):
+    """Greedy steps ``step, step + 1, ...`` until ``stop`` or until Python is needed.
+
+    Args:
+        scores: (m,) float64 running scores of the active set, updated in place; picked
+            samples become -inf.
+        rows: (capacity, m) float32/float64 rows of similarities; ``rows[slot[x]]`` is x's row.
+        slot: (m,) int64, the row slot of each sample or -1; a picked sample's slot is freed.
+        owner: (capacity,) int64, the sample of each slot or -1.
+        chosen: (budget,) int64, the picks in order, written as ``index[x]``.
+        index: (m,) int64, the position in the pool of each active sample.
+        step: picks made so far; ``stop``: pick until this many.
+        forced: a sample to pick first without the near-tie check (already resolved), or -1.
+        since_exact: steps since the scores were last exact; ``drift``: per-step error bound;
+            ``tol``: the tie tolerance. Another score within
+            ``2 * since_exact * drift + tol`` of the best is a contender.
+        snap, a, selfsim: (m,) float64 exact scores at the last refresh, ``<u_x, q>`` and
+            ``|u_x|^2`` of the active samples.
+        out_snap, out_a, out_rho: the same for the samples outside the active set, with
+            ``rho_x`` (may be empty).
+        coarse: (4,) float64: max of out_snap, min and max of out_a, max of out_rho.
+        acc: (3,) float64, updated in place: P, ``|D|^2`` and a bound on the error of ``|D|^2``.
+        slack: margin for the rounding of the bound.
+
+    Returns:
+        (step, since_exact, status, x): status is DONE, CONTEND (x is the running best),
+        NEED_ROW (x, the next pick, has no row) or STALE.
+    """
+    x = forced
+    best = 0.0
+    second = 0.0
+    if x < 0:
+        x, best, second = _top2(scores)
+    while step < stop:
+        if forced < 0 and second >= best - (2.0 * since_exact * drift + tol):
+            return step, since_exact, CONTEND, x
+        if out_snap.shape[0] > 0:
+            low = scores[x] - since_exact * drift - slack
+            p = acc[0]
+            r = np.sqrt(max(0.0, acc[1] + acc[2] - p * p + slack))
+            if not low > _coarse_bound(coarse, p, r):
+                if not low > _outside_bound(out_snap, out_a, out_rho, p, r):
+                    return step, since_exact, STALE, x
+        j = slot[x]
+        if j < 0:
+            return step, since_exact, NEED_ROW, x
+        forced = -1
+        # |D|^2 grows by 2 sum_{j picked since the refresh} cos(x, j) + |u_x|^2
+        acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
+        acc[2] += 2.0 * since_exact * drift
+        acc[0] += a[x]
+        scores[x] = -np.inf
+        owner[j] = -1
+        slot[x] = -1
+        chosen[step] = index[x]
+        step += 1
+        since_exact += 1
+        # subtract x's row and find the next best in one pass
+        best = -np.inf
+        second = -np.inf
+        x = -1
+        for i in range(scores.shape[0]):
+            v = scores[i] - rows[j, i]
+            scores[i] = v
+            if v > best:
+                second = best
+                best = v
+                x = i
+            elif v > second:
+                second = v
+    return step, since_exact, DONE, -1

@@ -210,7 +210,7 @@ class _PoolGreedy:
     every x, so the argmax is the same.
 
     Running scores are kept for an *active set* A, the samples with the highest exact scores
-    at the last refresh (about ``active_factor`` times the picks still to make), with rows
+    at the last refresh (about ``active_factor`` times the bin's picks, plus a margin), with rows
     ``cos(f_x*, f_A)`` from a :class:`_RowsState` (in the kernel's dtype) summed in float64.
     Every other sample has an upper bound on its score (see :mod:`dsquant.core._steps`); a
     pick is taken only when the best of A beats every bound, else all scores are refreshed
@@ -225,7 +225,7 @@ class _PoolGreedy:
     close, every score is re-anchored to its exact value.
     """
 
-    #: the active set holds this many times the picks still to make (plus ``_ACTIVE_EXTRA``)
+    #: the active set holds this many times the bin's picks (plus ``_ACTIVE_EXTRA``)
     active_factor = 1.5
     _ACTIVE_EXTRA = 256
     #: fewer picks than this per refresh, on average over a bin, and A becomes the whole pool

@@ -176,7 +176,6 @@ class _RowsState:
         self.slot[need] = slots
         self.computed += len(need)
 
-
     def compact(self, keep: np.ndarray, capacity: int) -> "_RowsState":
         """The same rows over the columns where ``keep`` is True, for the restricted kernel,
         moved within the same buffer; at most ``capacity`` rows of the new width are kept."""
@@ -315,6 +314,7 @@ class _PoolGreedy:
             if self.carry is not None and step == 0 and not len(outside):
                 state, self.carry = self.carry, None  # the rows of the last bin, compacted
             else:
+                self.carry = None  # not whole-pool from the start: the carried rows do not fit
                 state = _RowsState(
                     kernel.restrict(inside, rows_only=True), self._capacity(len(active), kernel.dtype),
                     batch=self.batch, buffer=self.buffer,

@@ -42,19 +42,22 @@ STALE = 3
 
 
 @njit(nogil=True, cache=True)
-def _top2(scores):
+def _best_and_other(scores, exact_at, drift):
+    """The best running score's index, and the largest ``scores - exact_at * drift`` among
+    the other samples (the lowest index wins a tie for the best)."""
     best = -np.inf
-    second = -np.inf
     arg = -1
     for i in range(scores.shape[0]):
-        v = scores[i]
-        if v > best:
-            second = best
-            best = v
+        if scores[i] > best:
+            best = scores[i]
             arg = i
-        elif v > second:
-            second = v
-    return arg, best, second
+    other = -np.inf
+    for i in range(scores.shape[0]):
+        if i != arg:
+            w = scores[i] - exact_at[i] * drift
+            if w > other:
+                other = w
+    return arg, other
 
 
 @njit(nogil=True, cache=True)
@@ -77,8 +80,8 @@ def _outside_bound(out_snap, out_a, out_rho, p, r):
 
 @njit(nogil=True, cache=True)
 def greedy_steps(
-    scores, rows, slot, owner, chosen, index, step, stop, forced, since_exact, drift, tol,
-    snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
+    scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, since_refresh, drift,
+    tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
 ):
     """Greedy steps ``step, step + 1, ...`` until ``stop`` or until Python is needed.
 
@@ -92,9 +95,11 @@ def greedy_steps(
         index: (m,) int64, the position in the pool of each active sample.
         step: picks made so far; ``stop``: pick until this many.
         forced: a sample to pick first without the near-tie check (already resolved), or -1.
-        since_exact: steps since the scores were last exact; ``drift``: per-step error bound;
-            ``tol``: the tie tolerance. Another score within
-            ``2 * since_exact * drift + tol`` of the best is a contender.
+        exact_at: (m,) float64, the step at which each score was last exact: score x is within
+            ``(step - exact_at[x]) * drift`` of the truth. Another sample whose score is within
+            both errors plus ``tol`` of the best is a contender.
+        since_refresh: steps since the last exact refresh (the picks in P and ``|D|^2``).
+        drift: per-step error bound of a running score; ``tol``: the tie tolerance.
         snap, a, selfsim: (m,) float64 exact scores at the last refresh, ``<u_x, q>`` and
             ``|u_x|^2`` of the active samples.
         out_snap, out_a, out_rho: the same for the samples outside the active set, with
@@ -104,49 +109,57 @@ def greedy_steps(
         slack: margin for the rounding of the bound.
 
     Returns:
-        (step, since_exact, status, x): status is DONE, CONTEND (x is the running best),
+        (step, since_refresh, status, x): status is DONE, CONTEND (x is the running best),
         NEED_ROW (x, the next pick, has no row) or STALE.
     """
     x = forced
-    best = 0.0
-    second = 0.0
+    other = -np.inf  # max over samples other than x of scores - exact_at * drift
     if x < 0:
-        x, best, second = _top2(scores)
+        x, other = _best_and_other(scores, exact_at, drift)
     while step < stop:
-        if forced < 0 and second >= best - (2.0 * since_exact * drift + tol):
-            return step, since_exact, CONTEND, x
+        err_x = (step - exact_at[x]) * drift
+        if forced < 0 and other + step * drift >= scores[x] - err_x - tol:
+            return step, since_refresh, CONTEND, x
         if out_snap.shape[0] > 0:
-            low = scores[x] - since_exact * drift - slack
+            low = scores[x] - err_x - slack
             p = acc[0]
             r = np.sqrt(max(0.0, acc[1] + acc[2] - p * p + slack))
             if not low > _coarse_bound(coarse, p, r):
                 if not low > _outside_bound(out_snap, out_a, out_rho, p, r):
-                    return step, since_exact, STALE, x
+                    return step, since_refresh, STALE, x
         j = slot[x]
         if j < 0:
-            return step, since_exact, NEED_ROW, x
+            return step, since_refresh, NEED_ROW, x
         forced = -1
         # |D|^2 grows by 2 sum_{j picked since the refresh} cos(x, j) + |u_x|^2
         acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
-        acc[2] += 2.0 * since_exact * drift
+        acc[2] += 2.0 * err_x
         acc[0] += a[x]
         scores[x] = -np.inf
         owner[j] = -1
         slot[x] = -1
         chosen[step] = index[x]
         step += 1
-        since_exact += 1
-        # subtract x's row and find the next best in one pass
+        since_refresh += 1
+        # subtract x's row, find the next best and the best of the others by their upper
+        # error bounds, in one pass
         best = -np.inf
-        second = -np.inf
         x = -1
+        w1 = -np.inf
+        w2 = -np.inf
+        a1 = -1
         for i in range(scores.shape[0]):
             v = scores[i] - rows[j, i]
             scores[i] = v
             if v > best:
-                second = best
                 best = v
                 x = i
-            elif v > second:
-                second = v
-    return step, since_exact, DONE, -1
+            w = v - exact_at[i] * drift
+            if w > w1:
+                w2 = w1
+                w1 = w
+                a1 = i
+            elif w > w2:
+                w2 = w
+        other = w2 if a1 == x else w1
+    return step, since_refresh, DONE, -1

@@ -48,6 +48,7 @@ ProgressFn = Callable[[int], None]
 _TIE_ULPS = 64
 # Above this many samples within the error band of the best score, re-anchor all scores.
 _MAX_RESCORE = 32
+_RESCORE_AHEAD = 32
 
 
 def _check_features(features) -> int:
@@ -176,6 +177,33 @@ class _RowsState:
         self.slot[need] = slots
         self.computed += len(need)
 
+    def held_rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows held, to carry past a refresh: (samples (k,), rows (k, width), columns
+        (width,)), samples and columns as pool positions (``index`` maps columns to them)."""
+        held = np.flatnonzero(self.owner >= 0)
+        return index[self.owner[held]], self.rows[held], index
+
+    def adopt(self, index: np.ndarray, samples: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> None:
+        """Take rows from :meth:`held_rows` of an earlier state (similarities do not depend
+        on the pool): the samples in this state's columns ``index`` (sorted pool positions) get
+        their rows, the columns the old rows cover are copied and the others computed."""
+        at = np.minimum(np.searchsorted(index, samples), len(index) - 1)
+        ok = index[at] == samples
+        at, rows = at[ok][: self.capacity], rows[ok][: self.capacity]
+        k = len(at)
+        if k == 0:
+            return
+        j = np.minimum(np.searchsorted(columns, index), len(columns) - 1)
+        shared = columns[j] == index
+        block = self.rows[:k]
+        block[:, shared] = rows[:, j[shared]]
+        fresh = np.flatnonzero(~shared)
+        if len(fresh):
+            block[:, fresh] = self.kernel.rows(at, cols=fresh)
+        self.owner[:k] = at
+        self.slot[at] = np.arange(k)
+        self.computed += k * len(fresh) / len(index)
+
     def compact(self, keep: np.ndarray, capacity: int) -> "_RowsState":
         """The same rows over the columns where ``keep`` is True, for the restricted kernel,
         moved within the same buffer; at most ``capacity`` rows of the new width are kept."""
@@ -225,7 +253,7 @@ class _PoolGreedy:
     """
 
     #: the active set holds this many times the bin's picks (plus ``_ACTIVE_EXTRA``)
-    active_factor = 1.5
+    active_factor = 1.0
     _ACTIVE_EXTRA = 256
     #: fewer picks than this per refresh, on average over a bin, and A becomes the whole pool
     _MIN_PICKS_PER_REFRESH = 16
@@ -240,8 +268,8 @@ class _PoolGreedy:
         self.memory = memory
         self.buffer: np.ndarray | None = None
         self.whole_pool = False
-        self.carry: _RowsState | None = None  # whole-pool rows kept for the next bin
-        self.stats = {"rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0}
+        self.carry = None  # rows kept for the next bin: a _RowsState (whole pool) or held_rows()
+        self.stats = {"contends": 0, "rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0}
 
     def _capacity(self, width: int, dtype) -> int:
         """Rows of ``width`` values that fit: ``block_size`` if given, else the memory budget."""
@@ -311,26 +339,35 @@ class _PoolGreedy:
                 if len(outside)
                 else np.zeros(4)
             )
-            if self.carry is not None and step == 0 and not len(outside):
-                state, self.carry = self.carry, None  # the rows of the last bin, compacted
+            if isinstance(self.carry, _RowsState) and step == 0 and not len(outside):
+                state = self.carry  # the whole-pool rows of the last bin, compacted
             else:
-                self.carry = None  # not whole-pool from the start: the carried rows do not fit
+                # rows held for unpicked samples (from this bin before the refresh, or from the
+                # last bin) are kept for those that stay active
+                kept = state.held_rows(active_at) if state is not None else self.carry
+                if isinstance(kept, _RowsState):
+                    kept = kept.held_rows(np.arange(n))
                 state = _RowsState(
                     kernel.restrict(inside, rows_only=True), self._capacity(len(active), kernel.dtype),
                     batch=self.batch, buffer=self.buffer,
                 )
                 self.buffer = state.buffer
+                if kept is not None:
+                    state.adopt(active, *kept)
+            self.carry = None
+            active_at = active
             scores = exact[active]
             snap = scores.copy()
             act_a, act_self = along[active], selfsim[active]
             acc = np.zeros(3)
-            since_exact, forced = 0, -1
+            exact_at = np.full(len(active), float(step))  # the step of each score's last exact value
+            since_refresh, forced = 0, -1
             while step < budget:
                 stop = budget if progress is None else min(budget, reported + 1024)
-                step, since_exact, status, x = greedy_steps(
+                step, since_refresh, status, x = greedy_steps(
                     scores, state.rows, state.slot, state.owner, chosen, active, step, stop,
-                    forced, since_exact, drift, tol, snap, act_a, act_self, out_snap, out_a,
-                    out_rho, coarse, acc, slack,
+                    forced, exact_at, since_refresh, drift, tol, snap, act_a, act_self, out_snap,
+                    out_a, out_rho, coarse, acc, slack,
                 )
                 forced = -1
                 if progress is not None and step - reported >= 1024:
@@ -339,18 +376,29 @@ class _PoolGreedy:
                 if status == STALE:
                     break
                 if status == CONTEND:
+                    self.stats["contends"] += 1
                     flush()
-                    close = np.flatnonzero(scores >= scores[x] - (2.0 * since_exact * drift + tol))
+                    err = (step - exact_at) * drift
+                    close = np.flatnonzero(scores + err >= scores[x] - err[x] - tol)
                     if len(close) > _MAX_RESCORE:  # re-anchor every score to its exact value
                         held = np.flatnonzero(np.isfinite(scores))
                         scores[held] = score0[active[held]] - picked_sum.dot(active[held])
-                        since_exact = 0
+                        exact_at[:] = step
                         self.stats["anchors"] += 1
                         x = int(scores.argmax())
                         close = np.flatnonzero(scores >= scores[x] - tol)
-                    if len(close) > 1:  # re-score the contenders exactly; lowest index on a tie
-                        exact_close = score0[active[close]] - picked_sum.dot(active[close])
-                        x = int(close[np.argmax(exact_close >= exact_close.max() - tol)])
+                    else:  # the contenders and the next best get their exact scores
+                        upper = scores + err
+                        k = min(_RESCORE_AHEAD, len(upper))
+                        top = np.argpartition(-upper, k - 1)[:k]
+                        upper[top] = np.inf  # marks them (upper is not used again)
+                        upper[close] = np.inf
+                        ahead = np.flatnonzero((upper == np.inf) & np.isfinite(scores))
+                        scores[ahead] = score0[active[ahead]] - picked_sum.dot(active[ahead])
+                        exact_at[ahead] = step
+                    if len(close) > 1:  # the best exact score; the lowest index on a tie
+                        best = scores[close]
+                        x = int(close[np.argmax(best >= best.max() - tol)])
                         self.stats["rescored"] += 1
                     forced = x
                 elif status == NEED_ROW:
@@ -371,10 +419,15 @@ class _PoolGreedy:
         rest = np.flatnonzero(keep)
         picked = self.index[chosen]
         self.index = self.index[rest]
-        self.carry = None
         if len(rest):
             if state is not None and not len(outside):  # whole-pool rows: the next pool's columns
                 self.carry = state.compact(keep[active], self._capacity(len(rest), kernel.dtype))
+            elif state is not None:  # the held rows, over the columns left, in the next pool's positions
+                remap = np.full(n, -1, dtype=np.int64)
+                remap[rest] = np.arange(len(rest))
+                samples, rows, columns = state.held_rows(active)
+                cols = remap[columns] >= 0
+                self.carry = (remap[samples], rows[:, cols], remap[columns[cols]])
             self.kernel = kernel.restrict(keep)
             # sum_{i in V'} cos_ix = sum_{i in V} cos_ix - sum_{j in S} cos_jx for the next pool
             self.column_sums = self.column_sums[rest] - self.kernel.cos_sums(picked_sum)

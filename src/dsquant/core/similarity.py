@@ -74,36 +74,44 @@ class GradientEmbedding:
 
 
 class _SumAccumulator:
-    """Running ``m = sum_{j added} u_j`` of unit rows (float64): ``sum_j cos(u_j, u_x) = <u_x, m>``."""
+    """Running ``m = sum_{j added} u_j`` of unit rows (float64): ``sum_j cos(u_j, u_x) = <u_x, m>``.
+    Samples are given as positions ``p`` of the kernel, stored at ``unit64[index[p]]``."""
 
-    def __init__(self, unit64: np.ndarray) -> None:
-        self._unit64 = unit64
+    def __init__(self, unit64: np.ndarray, index: np.ndarray | None) -> None:
+        self._unit64, self._index = unit64, index
         self._sum = np.zeros(unit64.shape[1], dtype=np.float64)
 
     def add_many(self, index: np.ndarray) -> None:
-        self._sum += self._unit64[index].sum(axis=0)
+        self._sum += self._unit64[_at(self._index, index)].sum(axis=0)
 
     def dot(self, index: np.ndarray) -> np.ndarray:
         """(len(index),) float64: ``sum_{j added} cos(j, x)`` for x in ``index``."""
-        return self._unit64[index] @ self._sum
+        return self._unit64[_at(self._index, index)] @ self._sum
 
 
 class _OuterAccumulator:
     """The same for factorised gradients: ``sum_j dt_j`` and ``sum_j dt_j e_j^T`` (float64)."""
 
-    def __init__(self, delta64: np.ndarray, feat64: np.ndarray) -> None:
-        self._delta, self._feat = delta64, feat64
+    def __init__(self, delta64: np.ndarray, feat64: np.ndarray, index: np.ndarray | None) -> None:
+        self._delta, self._feat, self._index = delta64, feat64, index
         self._sum = np.zeros(delta64.shape[1], dtype=np.float64)
         self._cross = np.zeros((delta64.shape[1], feat64.shape[1]), dtype=np.float64)
 
     def add_many(self, index: np.ndarray) -> None:
+        index = _at(self._index, index)
         delta = self._delta[index]
         self._sum += delta.sum(axis=0)
         self._cross += delta.T @ self._feat[index]
 
     def dot(self, index: np.ndarray) -> np.ndarray:
+        index = _at(self._index, index)
         delta, feat = self._delta[index], self._feat[index]
         return delta @ self._sum + np.einsum("ij,ij->i", delta @ self._cross, feat)
+
+
+def _at(index: np.ndarray | None, positions):
+    """Rows of the stored arrays for the kernel's ``positions`` (``index`` None: the same)."""
+    return positions if index is None else index[positions]
 
 
 def _dot_error(length: int, dtype) -> float:
@@ -113,15 +121,78 @@ def _dot_error(length: int, dtype) -> float:
     return 2 * u + length * u / (1 - length * u)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` (float64) scaled to unit L2 norm; zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float64)
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` (a new float64 array) scaled to unit L2 norm, zero rows staying zero; and
+    the (n,) float64 norms."""
+    x = np.array(x, dtype=np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return x * scale[:, None]
+    x *= np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)[:, None]
+    return x, norms
 
 
-class CosineKernel:
+class _Kernel:
+    """What both kernels share: the stored arrays (``_arrays``: name -> array, the float64
+    ones first) and ``_index``, the stored row of each sample of the kernel (None: all, in
+    order). :meth:`restrict` narrows the index and copies the rows only when fewer than half
+    of the stored ones are left, so a pool that shrinks bin by bin is copied O(log) times."""
+
+    _fast: tuple[str, ...] = ()  # the arrays in the kernel's dtype (the matrix products)
+    _exact: tuple[str, ...] = ()  # the float64 arrays (column sums, exact re-scoring)
+
+    def __len__(self) -> int:
+        return len(self._self)
+
+    def column_sums(self) -> np.ndarray:
+        """(n,) float64: the sum of the similarities of every sample x with all samples."""
+        return self._column_sums
+
+    def self_similarity(self) -> np.ndarray:
+        """(n,) float64: ``cos(x, x)``, 1 for a nonzero vector and 0 for a zero one."""
+        return self._self
+
+    def _local(self, name: str, positions=None) -> np.ndarray:
+        """Stored array ``name`` at the kernel's ``positions`` (None: all samples)."""
+        arr = getattr(self, name)
+        if positions is None:
+            return arr if self._index is None else arr[self._index]
+        return arr[_at(self._index, positions)]
+
+    def _on_all(self, values: np.ndarray) -> np.ndarray:
+        """The kernel's entries of a per-stored-row vector."""
+        return values if self._index is None else values[self._index]
+
+    def restrict(self, keep: np.ndarray, rows_only: bool = False):
+        """The kernel over the samples where the boolean mask ``keep`` is True. Its column sums
+        are not kept: they depend on the set. With ``rows_only``, only :meth:`rows` works (a
+        compact copy in the kernel's dtype, no float64 arrays)."""
+        new = type(self).__new__(type(self))
+        new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
+        new._self = self._self[keep]
+        index = np.flatnonzero(keep) if self._index is None else self._index[keep]
+        stored = len(getattr(self, self._fast[0]))
+        if rows_only or 2 * len(index) < stored:  # copy the rows left
+            for name in self._fast if rows_only else self._exact + self._fast:
+                arr = getattr(self, name)
+                if rows_only or name in self._exact or arr is not getattr(self, _exact_of(name)):
+                    setattr(new, name, arr[index])
+                else:  # float64 kernel: the fast array is the float64 one
+                    setattr(new, name, getattr(new, _exact_of(name)))
+            if rows_only:
+                for name in self._exact:
+                    setattr(new, name, None)
+            new._index = None
+        else:  # share the stored rows
+            for name in self._fast + self._exact:
+                setattr(new, name, getattr(self, name))
+            new._index = index
+        return new
+
+
+def _exact_of(name: str) -> str:
+    return name + "64"
+
+
+class CosineKernel(_Kernel):
     """Cosine similarity over the rows of a dense (n, d) feature matrix.
 
     Features are L2-normalised once, in float64. ``dtype`` is the precision of the rows of
@@ -129,59 +200,44 @@ class CosineKernel:
     float64.
     """
 
+    _fast = ("_unit",)
+    _exact = ("_unit64",)
+
     def __init__(self, features: np.ndarray, dtype: type = np.float32) -> None:
-        unit = _unit_rows(features)
+        unit, norms = _unit_rows(features)
         self._column_sums = unit @ unit.sum(axis=0)
         self._unit64 = unit
         self._unit = unit.astype(dtype, copy=False)
-        self._self = np.any(unit != 0, axis=1).astype(np.float64)
+        self._self = (norms > 0).astype(np.float64)
+        self._index = None
         self.dtype = np.dtype(dtype)
         #: bound on the error of one entry of :meth:`rows` (cosines lie in [-1, 1])
         self.row_error = _dot_error(unit.shape[1], self.dtype)
 
     def accumulator(self) -> _SumAccumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
-        return _SumAccumulator(self._unit64)
+        return _SumAccumulator(self._unit64, self._index)
 
     def cos_sums(self, acc: _SumAccumulator) -> np.ndarray:
-        """(n,) float64: ``sum_{j added to acc} cos(f_j, f_x)`` for every row x of this kernel."""
-        return self._unit64 @ acc._sum
+        """(n,) float64: ``sum_{j added to acc} cos(f_j, f_x)`` for every sample x of this kernel."""
+        return self._on_all(self._unit64 @ acc._sum)
 
-    def __len__(self) -> int:
-        return int(self._unit.shape[0])
-
-    def column_sums(self) -> np.ndarray:
-        """(n,) float64: ``sum_i cos(f_i, f_x)`` over all rows i, for every row x."""
-        return self._column_sums
-
-    def self_similarity(self) -> np.ndarray:
-        """(n,) float64: ``cos(x, x)``, 1 for a nonzero vector and 0 for a zero one."""
-        return self._self
-
-    def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype
-        (written into ``out`` when given)."""
-        return np.matmul(self._unit[cand], self._unit.T, out=out)
-
-    def restrict(self, keep: np.ndarray, rows_only: bool = False) -> "CosineKernel":
-        """The kernel over the rows where the boolean mask ``keep`` is True. Its column sums
-        are not kept: they depend on the set. With ``rows_only``, only :meth:`rows` works
-        (the float64 copy is not made)."""
-        new = CosineKernel.__new__(CosineKernel)
-        new._unit64 = None if rows_only else self._unit64[keep]
-        new._unit = new._unit64 if self._unit is self._unit64 and not rows_only else self._unit[keep]
-        new._self = self._self[keep]
-        new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
-        return new
+        (written into ``out`` when given); only the columns i in ``cols`` when given."""
+        return np.matmul(self._local("_unit", cand), self._local("_unit", cols).T, out=out)
 
 
-class GradientKernel:
+class GradientKernel(_Kernel):
     """Cosine similarity of factorised gradient embeddings (ALGORITHMS.md section 1).
 
     ``cos(g_i, g_j) = <dt_i, dt_j> (1 + <e_i, e_j>)`` with ``dt_i = delta_i / ||g_i||``.
     Column sums use ``sum_i <dt_i, dt_x> (1 + <e_i, e_x>) = <dt_x, sum_i dt_i> +
     dt_x^T (sum_i dt_i e_i^T) e_x``, in O(n C d) time and O(C d) extra memory.
     """
+
+    _fast = ("_delta", "_feat")
+    _exact = ("_delta64", "_feat64")
 
     def __init__(self, embedding: GradientEmbedding, dtype: type = np.float32) -> None:
         norms = embedding.norms()
@@ -194,6 +250,7 @@ class GradientKernel:
         self._self = (norms > 0).astype(np.float64)
         self._delta = delta.astype(dtype, copy=False)
         self._feat = feat.astype(dtype, copy=False)
+        self._index = None
         self.dtype = np.dtype(dtype)
         # cos = <dt, dt'> (1 + <e, e'>), where |dt||dt'| (1 + |e||e'|) <= 1: the error of
         # <e, e'> (<= gamma |e||e'|) and of <dt, dt'> (<= gamma |dt||dt'|) each add at most one
@@ -203,46 +260,21 @@ class GradientKernel:
 
     def accumulator(self) -> _OuterAccumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
-        return _OuterAccumulator(self._delta64, self._feat64)
+        return _OuterAccumulator(self._delta64, self._feat64, self._index)
 
     def cos_sums(self, acc: _OuterAccumulator) -> np.ndarray:
-        """(n,) float64: ``sum_{j added to acc} cos(g_j, g_x)`` for every row x of this kernel."""
-        return self._delta64 @ acc._sum + np.einsum("ij,ij->i", self._delta64 @ acc._cross, self._feat64)
+        """(n,) float64: ``sum_{j added to acc} cos(g_j, g_x)`` for every sample x of this kernel."""
+        return self._on_all(
+            self._delta64 @ acc._sum + np.einsum("ij,ij->i", self._delta64 @ acc._cross, self._feat64)
+        )
 
-    def __len__(self) -> int:
-        return int(self._delta.shape[0])
-
-    def column_sums(self) -> np.ndarray:
-        """(n,) float64: ``sum_i cos(g_i, g_x)`` over all rows i, for every row x."""
-        return self._column_sums
-
-    def self_similarity(self) -> np.ndarray:
-        """(n,) float64: ``cos(x, x)``, 1 for a nonzero vector and 0 for a zero one."""
-        return self._self
-
-    def rows(self, cand: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype
-        (written into ``out`` when given)."""
-        out = np.matmul(self._feat[cand], self._feat.T, out=out)
+        (written into ``out`` when given); only the columns i in ``cols`` when given."""
+        out = np.matmul(self._local("_feat", cand), self._local("_feat", cols).T, out=out)
         out += 1.0
-        out *= self._delta[cand] @ self._delta.T
+        out *= self._local("_delta", cand) @ self._local("_delta", cols).T
         return out
-
-    def restrict(self, keep: np.ndarray, rows_only: bool = False) -> "GradientKernel":
-        """The kernel over the rows where the boolean mask ``keep`` is True (with
-        ``rows_only``, only :meth:`rows` works: the float64 copies are not made)."""
-        new = GradientKernel.__new__(GradientKernel)
-        lo = self._delta is not self._delta64
-        if rows_only:
-            new._delta64 = new._feat64 = None
-            new._delta, new._feat = self._delta[keep], self._feat[keep]
-        else:
-            new._delta64, new._feat64 = self._delta64[keep], self._feat64[keep]
-            new._delta = self._delta[keep] if lo else new._delta64
-            new._feat = self._feat[keep] if lo else new._feat64
-        new._self = self._self[keep]
-        new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
-        return new
 
 
 def make_kernel(features: "np.ndarray | GradientEmbedding", dtype: type = np.float32):

@@ -3,9 +3,10 @@
 One greedy step subtracts the picked sample's row of similarities from every running score and
 finds the next best score: two passes over n floats that numpy would spread over half a dozen
 calls (and the GIL). Here both happen in one compiled pass, with the GIL released so that pools
-binned on threads run in parallel. The loop hands control back to Python whenever it needs
-something only Python has: a row that is not computed yet, an exact re-scoring of near-ties, or
-exact scores for the whole pool.
+binned on threads run in parallel. Near-ties within the error of the running scores are
+re-scored exactly here too, from float64 sums of the picked embeddings. The loop hands control
+back to Python only when it needs a matrix product: a row that is not computed yet, or exact
+scores for the whole pool.
 
 The running scores cover an *active set* A of the pool; every other sample x has an exact score
 ``snap_x`` from the last refresh and an upper bound on its score since then (Cauchy-Schwarz
@@ -29,12 +30,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["DONE", "CONTEND", "NEED_ROW", "STALE", "greedy_steps"]
+__all__ = ["DONE", "NEED_ROW", "STALE", "greedy_steps"]
 
 #: ``stop`` steps were taken
 DONE = 0
-#: another score is within the error band of the best: re-score the contenders exactly
-CONTEND = 1
 #: the best sample has no row yet: compute it, then call again with ``forced`` = that sample
 NEED_ROW = 2
 #: a sample outside the active set might beat the best inside it: refresh every score
@@ -79,9 +78,70 @@ def _outside_bound(out_snap, out_a, out_rho, p, r):
 
 
 @njit(nogil=True, cache=True)
+def _exact_drop(r, first, second, s1, s2):
+    """``sum_{j picked} cos(j, x)`` in float64 for the sample stored at row r (see
+    :class:`dsquant.core.similarity._Accumulator`): ``<p_r, s1> + p_r^T s2 q_r``."""
+    v = 0.0
+    for c in range(first.shape[1]):
+        t = s1[c]
+        for k in range(second.shape[1]):
+            t += s2[c, k] * second[r, k]
+        v += first[r, c] * t
+    return v
+
+
+@njit(nogil=True, cache=True)
+def _add_pick(r, first, second, s1, s2):
+    """Add the sample stored at row r to the exact sums."""
+    for c in range(first.shape[1]):
+        f = first[r, c]
+        s1[c] += f
+        for k in range(second.shape[1]):
+            s2[c, k] += f * second[r, k]
+
+
+@njit(nogil=True, cache=True)
+def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second, s1, s2, max_rescore, counts):
+    """The exact best among the contenders of the running best x (the lowest index on a tie).
+
+    Every sample whose score could be within ``tol`` of x's, given both errors, is re-scored
+    exactly (``base - sum_S cos``) and keeps that value; above ``max_rescore`` contenders,
+    every score of the active set is."""
+    m = scores.shape[0]
+    low = scores[x] - (step - exact_at[x]) * drift - tol
+    count = 0
+    for i in range(m):
+        if scores[i] + (step - exact_at[i]) * drift >= low:
+            count += 1
+    best = -np.inf
+    if count > max_rescore:  # re-anchor every score to its exact value
+        counts[2] += 1
+        for i in range(m):
+            if scores[i] > -np.inf:
+                scores[i] = base[i] - _exact_drop(stored[i], first, second, s1, s2)
+                exact_at[i] = step
+                if scores[i] > best:
+                    best = scores[i]
+    else:
+        counts[1] += 1
+        for i in range(m):
+            if scores[i] + (step - exact_at[i]) * drift >= low:
+                scores[i] = base[i] - _exact_drop(stored[i], first, second, s1, s2)
+                exact_at[i] = step
+                if scores[i] > best:
+                    best = scores[i]
+    # a sample that was not re-scored has an exact score below best - tol (it was below low)
+    for i in range(m):
+        if exact_at[i] == step and scores[i] >= best - tol:
+            return i
+    return x
+
+
+@njit(nogil=True, cache=True)
 def greedy_steps(
     scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, since_refresh, drift,
     tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
+    base, stored, first, second, s1, s2, max_rescore, counts,
 ):
     """Greedy steps ``step, step + 1, ...`` until ``stop`` or until Python is needed.
 
@@ -94,10 +154,10 @@ def greedy_steps(
         chosen: (budget,) int64, the picks in order, written as ``index[x]``.
         index: (m,) int64, the position in the pool of each active sample.
         step: picks made so far; ``stop``: pick until this many.
-        forced: a sample to pick first without the near-tie check (already resolved), or -1.
+        forced: a sample to pick first (its contenders already resolved), or -1.
         exact_at: (m,) float64, the step at which each score was last exact: score x is within
-            ``(step - exact_at[x]) * drift`` of the truth. Another sample whose score is within
-            both errors plus ``tol`` of the best is a contender.
+            ``(step - exact_at[x]) * drift`` of the truth. When another sample's score is within
+            both errors plus ``tol`` of the best, the contenders are re-scored exactly.
         since_refresh: steps since the last exact refresh (the picks in P and ``|D|^2``).
         drift: per-step error bound of a running score; ``tol``: the tie tolerance.
         snap, a, selfsim: (m,) float64 exact scores at the last refresh, ``<u_x, q>`` and
@@ -107,19 +167,27 @@ def greedy_steps(
         coarse: (4,) float64: max of out_snap, min and max of out_a, max of out_rho.
         acc: (3,) float64, updated in place: P, ``|D|^2`` and a bound on the error of ``|D|^2``.
         slack: margin for the rounding of the bound.
+        base: (m,) float64 score of each active sample with nothing picked.
+        stored, first, second, s1, s2: the exact float64 sums over the picks (updated in
+            place) and the rows they need, see :class:`dsquant.core.similarity._Accumulator`;
+            ``stored`` (m,) int64 gives each active sample's row in ``first`` and ``second``.
+        max_rescore: above this many contenders, re-score all of the active set.
+        counts: (3,) int64, updated: contentions, contender re-scorings, full re-anchorings.
 
     Returns:
-        (step, since_refresh, status, x): status is DONE, CONTEND (x is the running best),
-        NEED_ROW (x, the next pick, has no row) or STALE.
+        (step, since_refresh, status, x): status is DONE, NEED_ROW (x, the next pick, has no
+        row; call again with ``forced = x``) or STALE.
     """
     x = forced
     other = -np.inf  # max over samples other than x of scores - exact_at * drift
     if x < 0:
         x, other = _best_and_other(scores, exact_at, drift)
     while step < stop:
+        if forced < 0 and other + step * drift >= scores[x] - (step - exact_at[x]) * drift - tol:
+            counts[0] += 1
+            x = _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second, s1, s2, max_rescore, counts)
+        forced = x  # resolved: a NEED_ROW return comes back with it
         err_x = (step - exact_at[x]) * drift
-        if forced < 0 and other + step * drift >= scores[x] - err_x - tol:
-            return step, since_refresh, CONTEND, x
         if out_snap.shape[0] > 0:
             low = scores[x] - err_x - slack
             p = acc[0]
@@ -135,6 +203,7 @@ def greedy_steps(
         acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
         acc[2] += 2.0 * err_x
         acc[0] += a[x]
+        _add_pick(stored[x], first, second, s1, s2)
         scores[x] = -np.inf
         owner[j] = -1
         slot[x] = -1

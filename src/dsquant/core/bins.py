@@ -48,7 +48,6 @@ ProgressFn = Callable[[int], None]
 _TIE_ULPS = 64
 # Above this many samples within the error band of the best score, re-anchor all scores.
 _MAX_RESCORE = 32
-_RESCORE_AHEAD = 32
 
 
 def _check_features(features) -> int:
@@ -283,7 +282,7 @@ class _PoolGreedy:
         Returns the picks as positions in the first pool, in selection order.
         """
         # numba is imported on first use: it costs 0.3 s, and most commands never bin
-        from ._steps import CONTEND, NEED_ROW, STALE, greedy_steps
+        from ._steps import NEED_ROW, STALE, greedy_steps
 
         kernel = self.kernel
         n = len(self.index)
@@ -299,24 +298,17 @@ class _PoolGreedy:
         along = self.column_sums / np.sqrt(total) if total > 0 else np.zeros(n)
         selfsim = kernel.self_similarity()
         across = np.sqrt(np.maximum(selfsim - along * along, 0.0)) * (1 + 1e-12) + 1e-12
-        picked_sum = kernel.accumulator()  # exact float64 sum_{j in S} f_j (or its factors)
+        # exact float64 sum_{j in S} f_j (or its factors), added to by the compiled loop
+        picked_sum = kernel.accumulator()
+        counts = np.zeros(3, dtype=np.int64)  # contentions, contender re-scorings, re-anchorings
         chosen = np.empty(budget, dtype=np.int64)
         exact = score0.copy()
         live = np.ones(n, dtype=bool)
-        added = 0  # chosen[:added] are in picked_sum
         step, reported, refreshes = 0, 0, 0
-
-        def flush() -> None:
-            nonlocal added
-            if added < step:
-                picked_sum.add_many(chosen[added:step])
-                added = step
-
         state, outside, active = None, None, None
         while step < budget:
             # (re)start: exact scores of the whole pool, a new active set
             if step > 0:
-                flush()
                 exact[live] = score0[live] - kernel.cos_sums(picked_sum)[live]
             refreshes += 1
             start = step
@@ -359,6 +351,7 @@ class _PoolGreedy:
             scores = exact[active]
             snap = scores.copy()
             act_a, act_self = along[active], selfsim[active]
+            base, stored = score0[active], picked_sum.stored(active)
             acc = np.zeros(3)
             exact_at = np.full(len(active), float(step))  # the step of each score's last exact value
             since_refresh, forced = 0, -1
@@ -367,7 +360,8 @@ class _PoolGreedy:
                 step, since_refresh, status, x = greedy_steps(
                     scores, state.rows, state.slot, state.owner, chosen, active, step, stop,
                     forced, exact_at, since_refresh, drift, tol, snap, act_a, act_self, out_snap,
-                    out_a, out_rho, coarse, acc, slack,
+                    out_a, out_rho, coarse, acc, slack, base, stored, picked_sum.first,
+                    picked_sum.second, picked_sum.s1, picked_sum.s2, _MAX_RESCORE, counts,
                 )
                 forced = -1
                 if progress is not None and step - reported >= 1024:
@@ -375,33 +369,7 @@ class _PoolGreedy:
                     reported = step
                 if status == STALE:
                     break
-                if status == CONTEND:
-                    self.stats["contends"] += 1
-                    flush()
-                    err = (step - exact_at) * drift
-                    close = np.flatnonzero(scores + err >= scores[x] - err[x] - tol)
-                    if len(close) > _MAX_RESCORE:  # re-anchor every score to its exact value
-                        held = np.flatnonzero(np.isfinite(scores))
-                        scores[held] = score0[active[held]] - picked_sum.dot(active[held])
-                        exact_at[:] = step
-                        self.stats["anchors"] += 1
-                        x = int(scores.argmax())
-                        close = np.flatnonzero(scores >= scores[x] - tol)
-                    else:  # the contenders and the next best get their exact scores
-                        upper = scores + err
-                        k = min(_RESCORE_AHEAD, len(upper))
-                        top = np.argpartition(-upper, k - 1)[:k]
-                        upper[top] = np.inf  # marks them (upper is not used again)
-                        upper[close] = np.inf
-                        ahead = np.flatnonzero((upper == np.inf) & np.isfinite(scores))
-                        scores[ahead] = score0[active[ahead]] - picked_sum.dot(active[ahead])
-                        exact_at[ahead] = step
-                    if len(close) > 1:  # the best exact score; the lowest index on a tie
-                        best = scores[close]
-                        x = int(close[np.argmax(best >= best.max() - tol)])
-                        self.stats["rescored"] += 1
-                    forced = x
-                elif status == NEED_ROW:
+                if status == NEED_ROW:
                     state.refill(scores, len(active) - (step - start), x)
                     forced = x
             live[chosen[start:step]] = False
@@ -411,7 +379,8 @@ class _PoolGreedy:
             ):
                 self.whole_pool = True  # the bounds do not hold up on this pool
         self.stats["refreshes"] += refreshes
-        flush()
+        for name, count in zip(("contends", "rescored", "anchors"), counts.tolist()):
+            self.stats[name] += count
         if progress is not None and budget > reported:
             progress(budget - reported)
         keep = np.ones(n, dtype=bool)

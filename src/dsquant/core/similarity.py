@@ -73,40 +73,41 @@ class GradientEmbedding:
         return np.sqrt(np.einsum("ij,ij->i", d, d) * (1.0 + np.einsum("ij,ij->i", e, e)))
 
 
-class _SumAccumulator:
-    """Running ``m = sum_{j added} u_j`` of unit rows (float64): ``sum_j cos(u_j, u_x) = <u_x, m>``.
-    Samples are given as positions ``p`` of the kernel, stored at ``unit64[index[p]]``."""
+class _Accumulator:
+    """Exact float64 running sums over the added samples, for ``sum_{j added} cos(j, x)``.
 
-    def __init__(self, unit64: np.ndarray, index: np.ndarray | None) -> None:
-        self._unit64, self._index = unit64, index
-        self._sum = np.zeros(unit64.shape[1], dtype=np.float64)
+    The similarity is ``cos(j, x) = <p_j, p_x> + p_j^T M q_x``-shaped: with ``first`` rows p
+    (n, c) and ``second`` rows q (n, e), the sums are ``s1 = sum_j p_j`` (c,) and
+    ``s2 = sum_j p_j q_j^T`` (c, e), and ``sum_j cos(j, x) = <p_x, s1> + p_x^T s2 q_x`` for
+    the factorised gradients (p = dt, q = e); e = 0 for dense unit rows (p = u). Samples are
+    the kernel's positions, stored at ``first[index[pos]]``. The compiled greedy loop adds to
+    ``s1`` and ``s2`` in place.
+    """
+
+    def __init__(self, first: np.ndarray, second: np.ndarray, index: np.ndarray | None) -> None:
+        self.first, self.second, self.index = first, second, index
+        self.s1 = np.zeros(first.shape[1], dtype=np.float64)
+        self.s2 = np.zeros((first.shape[1], second.shape[1]), dtype=np.float64)
+
+    def stored(self, index: np.ndarray) -> np.ndarray:
+        """(len(index),) int64: the rows of ``first`` and ``second`` of the kernel's samples."""
+        return np.asarray(_at(self.index, index), dtype=np.int64)
 
     def add_many(self, index: np.ndarray) -> None:
-        self._sum += self._unit64[_at(self._index, index)].sum(axis=0)
+        index = _at(self.index, index)
+        p = self.first[index]
+        self.s1 += p.sum(axis=0)
+        if self.second.shape[1]:
+            self.s2 += p.T @ self.second[index]
 
     def dot(self, index: np.ndarray) -> np.ndarray:
         """(len(index),) float64: ``sum_{j added} cos(j, x)`` for x in ``index``."""
-        return self._unit64[_at(self._index, index)] @ self._sum
-
-
-class _OuterAccumulator:
-    """The same for factorised gradients: ``sum_j dt_j`` and ``sum_j dt_j e_j^T`` (float64)."""
-
-    def __init__(self, delta64: np.ndarray, feat64: np.ndarray, index: np.ndarray | None) -> None:
-        self._delta, self._feat, self._index = delta64, feat64, index
-        self._sum = np.zeros(delta64.shape[1], dtype=np.float64)
-        self._cross = np.zeros((delta64.shape[1], feat64.shape[1]), dtype=np.float64)
-
-    def add_many(self, index: np.ndarray) -> None:
-        index = _at(self._index, index)
-        delta = self._delta[index]
-        self._sum += delta.sum(axis=0)
-        self._cross += delta.T @ self._feat[index]
-
-    def dot(self, index: np.ndarray) -> np.ndarray:
-        index = _at(self._index, index)
-        delta, feat = self._delta[index], self._feat[index]
-        return delta @ self._sum + np.einsum("ij,ij->i", delta @ self._cross, feat)
+        index = _at(self.index, index)
+        p = self.first[index]
+        out = p @ self.s1
+        if self.second.shape[1]:
+            out += np.einsum("ij,ij->i", p @ self.s2, self.second[index])
+        return out
 
 
 def _at(index: np.ndarray | None, positions):
@@ -214,13 +215,13 @@ class CosineKernel(_Kernel):
         #: bound on the error of one entry of :meth:`rows` (cosines lie in [-1, 1])
         self.row_error = _dot_error(unit.shape[1], self.dtype)
 
-    def accumulator(self) -> _SumAccumulator:
+    def accumulator(self) -> _Accumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
-        return _SumAccumulator(self._unit64, self._index)
+        return _Accumulator(self._unit64, np.empty((len(self._unit64), 0)), self._index)
 
-    def cos_sums(self, acc: _SumAccumulator) -> np.ndarray:
+    def cos_sums(self, acc: _Accumulator) -> np.ndarray:
         """(n,) float64: ``sum_{j added to acc} cos(f_j, f_x)`` for every sample x of this kernel."""
-        return self._on_all(self._unit64 @ acc._sum)
+        return self._on_all(self._unit64 @ acc.s1)
 
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype
@@ -258,14 +259,14 @@ class GradientKernel(_Kernel):
         u = float(np.finfo(self.dtype).eps) / 2
         self.row_error = 1.01 * (_dot_error(delta.shape[1], self.dtype) + _dot_error(feat.shape[1], self.dtype) + 3 * u)
 
-    def accumulator(self) -> _OuterAccumulator:
+    def accumulator(self) -> _Accumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
-        return _OuterAccumulator(self._delta64, self._feat64, self._index)
+        return _Accumulator(self._delta64, self._feat64, self._index)
 
-    def cos_sums(self, acc: _OuterAccumulator) -> np.ndarray:
+    def cos_sums(self, acc: _Accumulator) -> np.ndarray:
         """(n,) float64: ``sum_{j added to acc} cos(g_j, g_x)`` for every sample x of this kernel."""
         return self._on_all(
-            self._delta64 @ acc._sum + np.einsum("ij,ij->i", self._delta64 @ acc._cross, self._feat64)
+            self._delta64 @ acc.s1 + np.einsum("ij,ij->i", self._delta64 @ acc.s2, self._feat64)
         )
 
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["DONE", "NEED_ROW", "STALE", "greedy_steps"]
+__all__ = ["DONE", "NEED_ROW", "STALE", "greedy_steps", "picked_sums", "unit_rows"]
 
 #: ``stop`` steps were taken
 DONE = 0
@@ -88,6 +88,49 @@ def _exact_drop(r, first, second, s1, s2):
             t += s2[c, k] * second[r, k]
         v += first[r, c] * t
     return v
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def unit_rows(x, unit64, unit_fast, norms, total):
+    """One pass over x (n, d): ``unit64`` = the rows scaled to unit L2 norm in float64 (zero
+    rows stay zero), ``unit_fast`` the same in its own dtype (may be ``unit64`` itself),
+    ``norms`` (n,) the row norms and ``total`` (d,) += the sum of the unit rows."""
+    for i in range(x.shape[0]):
+        s = 0.0
+        for k in range(x.shape[1]):
+            v = np.float64(x[i, k])
+            s += v * v
+        norm = np.sqrt(s)
+        norms[i] = norm
+        scale = 1.0 / norm if norm > 0 else 0.0
+        for k in range(x.shape[1]):
+            v = np.float64(x[i, k]) * scale
+            unit64[i, k] = v
+            unit_fast[i, k] = v
+            total[k] += v
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def picked_sums(rows, first, second, s1, s2, out):
+    """``out[i] = sum_{j picked} cos(j, x_i)`` (float64) for the samples stored at ``rows[i]``
+    (see :func:`_exact_drop`), reading only those rows."""
+    if second.shape[1] == 0:
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            v = 0.0
+            for c in range(first.shape[1]):
+                v += first[r, c] * s1[c]
+            out[i] = v
+    else:
+        for i in range(rows.shape[0]):
+            r = rows[i]
+            v = 0.0
+            for c in range(first.shape[1]):
+                t = s1[c]
+                for k in range(second.shape[1]):
+                    t += s2[c, k] * second[r, k]
+                v += first[r, c] * t
+            out[i] = v
 
 
 @njit(nogil=True, cache=True)

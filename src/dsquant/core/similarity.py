@@ -93,22 +93,6 @@ class _Accumulator:
         """(len(index),) int64: the rows of ``first`` and ``second`` of the kernel's samples."""
         return np.asarray(_at(self.index, index), dtype=np.int64)
 
-    def add_many(self, index: np.ndarray) -> None:
-        index = _at(self.index, index)
-        p = self.first[index]
-        self.s1 += p.sum(axis=0)
-        if self.second.shape[1]:
-            self.s2 += p.T @ self.second[index]
-
-    def dot(self, index: np.ndarray) -> np.ndarray:
-        """(len(index),) float64: ``sum_{j added} cos(j, x)`` for x in ``index``."""
-        index = _at(self.index, index)
-        p = self.first[index]
-        out = p @ self.s1
-        if self.second.shape[1]:
-            out += np.einsum("ij,ij->i", p @ self.s2, self.second[index])
-        return out
-
 
 def _at(index: np.ndarray | None, positions):
     """Rows of the stored arrays for the kernel's ``positions`` (``index`` None: the same)."""
@@ -132,10 +116,10 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Kernel:
-    """What both kernels share: the stored arrays (``_arrays``: name -> array, the float64
-    ones first) and ``_index``, the stored row of each sample of the kernel (None: all, in
-    order). :meth:`restrict` narrows the index and copies the rows only when fewer than half
-    of the stored ones are left, so a pool that shrinks bin by bin is copied O(log) times."""
+    """What both kernels share: the stored arrays (named in ``_fast`` and ``_exact``) and
+    ``_index``, the stored row of each sample of the kernel (None: all, in order).
+    :meth:`restrict` only narrows the index, so a pool that shrinks bin by bin is never
+    copied; the compiled sums read the stored rows in place."""
 
     _fast: tuple[str, ...] = ()  # the arrays in the kernel's dtype (the matrix products)
     _exact: tuple[str, ...] = ()  # the float64 arrays (column sums, exact re-scoring)
@@ -158,39 +142,36 @@ class _Kernel:
             return arr if self._index is None else arr[self._index]
         return arr[_at(self._index, positions)]
 
-    def _on_all(self, values: np.ndarray) -> np.ndarray:
-        """The kernel's entries of a per-stored-row vector."""
-        return values if self._index is None else values[self._index]
+    def cos_sums(self, acc: _Accumulator) -> np.ndarray:
+        """(n,) float64: ``sum_{j added to acc} cos(j, x)`` for every sample x of this kernel
+        (compiled; the float64 rows are read where they are stored, never gathered)."""
+        from ._steps import picked_sums  # numba is imported on first use
+
+        rows = np.arange(len(acc.first)) if self._index is None else self._index
+        out = np.empty(len(rows))
+        picked_sums(rows, acc.first, acc.second, acc.s1, acc.s2, out)
+        return out
 
     def restrict(self, keep: np.ndarray, rows_only: bool = False):
         """The kernel over the samples where the boolean mask ``keep`` is True. Its column sums
-        are not kept: they depend on the set. With ``rows_only``, only :meth:`rows` works (a
-        compact copy in the kernel's dtype, no float64 arrays)."""
+        are not kept: they depend on the set. It shares the stored arrays (only the index of
+        its samples is new); with ``rows_only`` it is a compact copy in the kernel's dtype for
+        :meth:`rows`, and nothing else works."""
         new = type(self).__new__(type(self))
         new.dtype, new.row_error, new._column_sums = self.dtype, self.row_error, None
         new._self = self._self[keep]
         index = np.flatnonzero(keep) if self._index is None else self._index[keep]
-        stored = len(getattr(self, self._fast[0]))
-        if rows_only or 2 * len(index) < stored:  # copy the rows left
-            for name in self._fast if rows_only else self._exact + self._fast:
-                arr = getattr(self, name)
-                if rows_only or name in self._exact or arr is not getattr(self, _exact_of(name)):
-                    setattr(new, name, arr[index])
-                else:  # float64 kernel: the fast array is the float64 one
-                    setattr(new, name, getattr(new, _exact_of(name)))
-            if rows_only:
-                for name in self._exact:
-                    setattr(new, name, None)
+        if rows_only:
+            for name in self._fast:
+                setattr(new, name, getattr(self, name)[index])
+            for name in self._exact:
+                setattr(new, name, None)
             new._index = None
-        else:  # share the stored rows
+        else:
             for name in self._fast + self._exact:
                 setattr(new, name, getattr(self, name))
             new._index = index
         return new
-
-
-def _exact_of(name: str) -> str:
-    return name + "64"
 
 
 class CosineKernel(_Kernel):
@@ -205,10 +186,20 @@ class CosineKernel(_Kernel):
     _exact = ("_unit64",)
 
     def __init__(self, features: np.ndarray, dtype: type = np.float32) -> None:
-        unit, norms = _unit_rows(features)
-        self._column_sums = unit @ unit.sum(axis=0)
-        self._unit64 = unit
-        self._unit = unit.astype(dtype, copy=False)
+        features = np.asarray(features)
+        if features.dtype in (np.float32, np.float64) and features.ndim == 2:
+            from ._steps import unit_rows  # one compiled pass instead of five numpy ones
+
+            n, d = features.shape
+            unit = np.empty((n, d))
+            fast = unit if np.dtype(dtype) == np.float64 else np.empty((n, d), dtype=dtype)
+            norms, total = np.empty(n), np.zeros(d)
+            unit_rows(features, unit, fast, norms, total)
+        else:
+            unit, norms = _unit_rows(features)
+            fast, total = unit.astype(dtype, copy=False), unit.sum(axis=0)
+        self._column_sums = unit @ total
+        self._unit64, self._unit = unit, fast
         self._self = (norms > 0).astype(np.float64)
         self._index = None
         self.dtype = np.dtype(dtype)
@@ -218,10 +209,6 @@ class CosineKernel(_Kernel):
     def accumulator(self) -> _Accumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
         return _Accumulator(self._unit64, np.empty((len(self._unit64), 0)), self._index)
-
-    def cos_sums(self, acc: _Accumulator) -> np.ndarray:
-        """(n,) float64: ``sum_{j added to acc} cos(f_j, f_x)`` for every sample x of this kernel."""
-        return self._on_all(self._unit64 @ acc.s1)
 
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(f_x, f_i)`` for x in ``cand``, in the kernel's dtype
@@ -262,12 +249,6 @@ class GradientKernel(_Kernel):
     def accumulator(self) -> _Accumulator:
         """An exact float64 running sum of rows, to re-score samples exactly."""
         return _Accumulator(self._delta64, self._feat64, self._index)
-
-    def cos_sums(self, acc: _Accumulator) -> np.ndarray:
-        """(n,) float64: ``sum_{j added to acc} cos(g_j, g_x)`` for every sample x of this kernel."""
-        return self._on_all(
-            self._delta64 @ acc.s1 + np.einsum("ij,ij->i", self._delta64 @ acc.s2, self._feat64)
-        )
 
     def rows(self, cand: np.ndarray, out: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
         """(len(cand), n) array of ``cos(g_x, g_i)`` for x in ``cand``, in the kernel's dtype

@@ -183,7 +183,7 @@ def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second,
 @njit(nogil=True, cache=True)
 def greedy_steps(
     scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, since_refresh, drift,
-    tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
+    tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack, snap_error,
     base, stored, first, second, s1, s2, max_rescore, counts,
 ):
     """Greedy steps ``step, step + 1, ...`` until ``stop`` or until Python is needed.
@@ -210,6 +210,8 @@ def greedy_steps(
         coarse: (4,) float64: max of out_snap, min and max of out_a, max of out_rho.
         acc: (3,) float64, updated in place: P, ``|D|^2`` and a bound on the error of ``|D|^2``.
         slack: margin for the rounding of the bound.
+        snap_error: bound on the error of every value in ``snap`` and ``out_snap`` (the refresh
+            read the rows in float32).
         base: (m,) float64 score of each active sample with nothing picked.
         stored, first, second, s1, s2: the exact float64 sums over the picks (updated in
             place) and the rows they need, see :class:`dsquant.core.similarity._Accumulator`;
@@ -232,7 +234,7 @@ def greedy_steps(
         forced = x  # resolved: a NEED_ROW return comes back with it
         err_x = (step - exact_at[x]) * drift
         if out_snap.shape[0] > 0:
-            low = scores[x] - err_x - slack
+            low = scores[x] - err_x - slack - snap_error
             p = acc[0]
             r = np.sqrt(max(0.0, acc[1] + acc[2] - p * p + slack))
             if not low > _coarse_bound(coarse, p, r):
@@ -244,7 +246,7 @@ def greedy_steps(
         forced = -1
         # |D|^2 grows by 2 sum_{j picked since the refresh} cos(x, j) + |u_x|^2
         acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
-        acc[2] += 2.0 * err_x
+        acc[2] += 2.0 * (err_x + snap_error)
         acc[0] += a[x]
         _add_pick(stored[x], first, second, s1, s2)
         scores[x] = -np.inf

@@ -94,3 +94,28 @@ def test_pixels_and_precomputed(tmp_path):
         PrecomputedEncoder(tmp_path / "g.npy").encode(ds)
     with pytest.raises(ValueError, match="encoder"):
         make_encoder("clip")
+
+
+@pytest.mark.parametrize("kind", ["dense", "gradients"])
+def test_float32_column_sums_stay_within_their_error_bound(rng, kind):
+    # refreshes of the greedy read float32 rows; the bound they report must hold, and be
+    # small enough to be useful (a few float32 ulps of |sum_j f_j|, not a loose O(1) bound)
+    from dsquant.core.similarity import make_kernel
+
+    n = 400
+    x = GradientEmbedding(rng.standard_normal((n, 7)), rng.random((n, 33))) if kind == "gradients" else rng.standard_normal((n, 65))
+    exact, fast = make_kernel(x, dtype=np.float64), make_kernel(x, dtype=np.float32)
+    keep = rng.random(n) < 0.7
+    exact, fast = exact.restrict(keep), fast.restrict(keep)
+    acc_exact, acc_fast = exact.accumulator(), fast.accumulator()
+    picks = rng.choice(int(keep.sum()), 150, replace=False)
+    for acc in (acc_exact, acc_fast):
+        acc.s1 += acc.first[acc.stored(picks)].sum(axis=0)
+        acc.s2 += acc.first[acc.stored(picks)].T @ acc.second[acc.stored(picks)]
+    truth = exact.cos_sums(acc_exact)
+    approx, bound = fast.approx_cos_sums(acc_fast)
+    norm = np.sqrt(acc_exact.s1 @ acc_exact.s1 + np.sum(acc_exact.s2**2))
+    assert np.abs(approx - truth).max() <= bound
+    assert 0 < bound < 3e-7 * norm
+    assert np.abs(approx - truth).max() > 0  # really float32 rows
+    assert fast.approx_cos_sums(acc_fast)[1] == bound and exact.approx_cos_sums(acc_exact)[1] == 0.0

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["DONE", "NEED_ROW", "STALE", "greedy_steps", "picked_sums", "unit_rows"]
+__all__ = ["DONE", "NEED_ROW", "STALE", "greedy_steps", "add_rows", "picked_sums", "scaled_rows"]
 
 #: ``stop`` steps were taken
 DONE = 0
@@ -78,73 +78,61 @@ def _outside_bound(out_snap, out_a, out_rho, p, r):
 
 
 @njit(nogil=True, cache=True)
-def _exact_drop(r, first, second, s1, s2):
+def _exact_drop(r, first, scale, second, s1, s2):
     """``sum_{j picked} cos(j, x)`` in float64 for the sample stored at row r (see
-    :class:`dsquant.core.similarity._Accumulator`): ``<p_r, s1> + p_r^T s2 q_r``."""
+    :class:`dsquant.core.similarity._Accumulator`): ``<p_r, s1> + p_r^T s2 q_r`` with
+    ``p_r = scale_r first_r``."""
     v = 0.0
     for c in range(first.shape[1]):
         t = s1[c]
         for k in range(second.shape[1]):
-            t += s2[c, k] * second[r, k]
-        v += first[r, c] * t
-    return v
+            t += s2[c, k] * np.float64(second[r, k])
+        v += np.float64(first[r, c]) * t
+    return v * scale[r]
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def unit_rows(x, unit64, unit_fast, norms, total):
-    """One pass over x (n, d): ``unit64`` = the rows scaled to unit L2 norm in float64 (zero
-    rows stay zero), ``unit_fast`` the same in its own dtype (may be ``unit64`` itself),
-    ``norms`` (n,) the row norms and ``total`` (d,) += the sum of the unit rows."""
-    for i in range(x.shape[0]):
-        s = 0.0
-        for k in range(x.shape[1]):
-            v = np.float64(x[i, k])
-            s += v * v
-        norm = np.sqrt(s)
-        norms[i] = norm
-        scale = 1.0 / norm if norm > 0 else 0.0
-        for k in range(x.shape[1]):
-            v = np.float64(x[i, k]) * scale
-            unit64[i, k] = v
-            unit_fast[i, k] = v
-            total[k] += v
-
-
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def picked_sums(rows, first, second, s1, s2, out):
+def picked_sums(rows, first, scale, second, s1, s2, out):
     """``out[i] = sum_{j picked} cos(j, x_i)`` (float64) for the samples stored at ``rows[i]``
-    (see :func:`_exact_drop`), reading only those rows."""
-    if second.shape[1] == 0:
-        for i in range(rows.shape[0]):
-            r = rows[i]
-            v = 0.0
+    (:func:`_exact_drop`, vectorised), reading only those rows."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        v = 0.0
+        if second.shape[1] == 0:
             for c in range(first.shape[1]):
-                v += first[r, c] * s1[c]
-            out[i] = v
-    else:
-        for i in range(rows.shape[0]):
-            r = rows[i]
-            v = 0.0
+                v += np.float64(first[r, c]) * s1[c]
+        else:
             for c in range(first.shape[1]):
                 t = s1[c]
                 for k in range(second.shape[1]):
-                    t += s2[c, k] * second[r, k]
-                v += first[r, c] * t
-            out[i] = v
+                    t += s2[c, k] * np.float64(second[r, k])
+                v += np.float64(first[r, c]) * t
+        out[i] = v * scale[r]
 
 
 @njit(nogil=True, cache=True)
-def _add_pick(r, first, second, s1, s2):
-    """Add the sample stored at row r to the exact sums."""
-    for c in range(first.shape[1]):
-        f = first[r, c]
-        s1[c] += f
-        for k in range(second.shape[1]):
-            s2[c, k] += f * second[r, k]
+def add_rows(rows, first, scale, second, s1, s2):
+    """Add the unit embeddings of the samples stored at ``rows`` to the exact sums."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for c in range(first.shape[1]):
+            f = np.float64(first[r, c]) * scale[r]
+            s1[c] += f
+            for k in range(second.shape[1]):
+                s2[c, k] += f * np.float64(second[r, k])
 
 
 @njit(nogil=True, cache=True)
-def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second, s1, s2, max_rescore, counts):
+def scaled_rows(rows, first, scale, out):
+    """``out[i] = scale[rows[i]] * first[rows[i]]`` in float64, rounded to out's dtype."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for c in range(first.shape[1]):
+            out[i, c] = np.float64(first[r, c]) * scale[r]
+
+
+@njit(nogil=True, cache=True)
+def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, scale, second, s1, s2, max_rescore, counts):
     """The exact best among the contenders of the running best x (the lowest index on a tie).
 
     Every sample whose score could be within ``tol`` of x's, given both errors, is re-scored
@@ -161,7 +149,7 @@ def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second,
         counts[2] += 1
         for i in range(m):
             if scores[i] > -np.inf:
-                scores[i] = base[i] - _exact_drop(stored[i], first, second, s1, s2)
+                scores[i] = base[i] - _exact_drop(stored[i], first, scale, second, s1, s2)
                 exact_at[i] = step
                 if scores[i] > best:
                     best = scores[i]
@@ -169,7 +157,7 @@ def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second,
         counts[1] += 1
         for i in range(m):
             if scores[i] + (step - exact_at[i]) * drift >= low:
-                scores[i] = base[i] - _exact_drop(stored[i], first, second, s1, s2)
+                scores[i] = base[i] - _exact_drop(stored[i], first, scale, second, s1, s2)
                 exact_at[i] = step
                 if scores[i] > best:
                     best = scores[i]
@@ -183,8 +171,8 @@ def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second,
 @njit(nogil=True, cache=True)
 def greedy_steps(
     scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, since_refresh, drift,
-    tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack, snap_error,
-    base, stored, first, second, s1, s2, max_rescore, counts,
+    tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
+    base, stored, first, scale, second, s1, s2, max_rescore, counts,
 ):
     """Greedy steps ``step, step + 1, ...`` until ``stop`` or until Python is needed.
 
@@ -210,11 +198,9 @@ def greedy_steps(
         coarse: (4,) float64: max of out_snap, min and max of out_a, max of out_rho.
         acc: (3,) float64, updated in place: P, ``|D|^2`` and a bound on the error of ``|D|^2``.
         slack: margin for the rounding of the bound.
-        snap_error: bound on the error of every value in ``snap`` and ``out_snap`` (the refresh
-            read the rows in float32).
         base: (m,) float64 score of each active sample with nothing picked.
-        stored, first, second, s1, s2: the exact float64 sums over the picks (updated in
-            place) and the rows they need, see :class:`dsquant.core.similarity._Accumulator`;
+        stored, first, scale, second, s1, s2: the exact float64 sums over the picks (updated
+            in place) and the rows they need, see :class:`dsquant.core.similarity._Accumulator`;
             ``stored`` (m,) int64 gives each active sample's row in ``first`` and ``second``.
         max_rescore: above this many contenders, re-score all of the active set.
         counts: (3,) int64, updated: contentions, contender re-scorings, full re-anchorings.
@@ -230,11 +216,11 @@ def greedy_steps(
     while step < stop:
         if forced < 0 and other + step * drift >= scores[x] - (step - exact_at[x]) * drift - tol:
             counts[0] += 1
-            x = _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, second, s1, s2, max_rescore, counts)
+            x = _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, scale, second, s1, s2, max_rescore, counts)
         forced = x  # resolved: a NEED_ROW return comes back with it
         err_x = (step - exact_at[x]) * drift
         if out_snap.shape[0] > 0:
-            low = scores[x] - err_x - slack - snap_error
+            low = scores[x] - err_x - slack
             p = acc[0]
             r = np.sqrt(max(0.0, acc[1] + acc[2] - p * p + slack))
             if not low > _coarse_bound(coarse, p, r):
@@ -246,9 +232,9 @@ def greedy_steps(
         forced = -1
         # |D|^2 grows by 2 sum_{j picked since the refresh} cos(x, j) + |u_x|^2
         acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
-        acc[2] += 2.0 * (err_x + snap_error)
+        acc[2] += 2.0 * err_x
         acc[0] += a[x]
-        _add_pick(stored[x], first, second, s1, s2)
+        add_rows(stored[x : x + 1], first, scale, second, s1, s2)
         scores[x] = -np.inf
         owner[j] = -1
         slot[x] = -1

@@ -308,10 +308,8 @@ class _PoolGreedy:
         state, outside, active = None, None, None
         while step < budget:
             # (re)start: exact scores of the whole pool, a new active set
-            snap_error = 0.0  # at the start of a bin the scores are the column sums, exact
-            if step > 0:  # float32 rows (half the memory traffic), each value within snap_error
-                sums, snap_error = kernel.approx_cos_sums(picked_sum)
-                exact[live] = score0[live] - sums[live]
+            if step > 0:
+                exact[live] = score0[live] - kernel.cos_sums(picked_sum)[live]
             refreshes += 1
             start = step
             live_at = np.flatnonzero(live)
@@ -355,17 +353,15 @@ class _PoolGreedy:
             act_a, act_self = along[active], selfsim[active]
             base, stored = score0[active], picked_sum.stored(active)
             acc = np.zeros(3)
-            # the step of each score's last exact value: an error of snap_error counts as
-            # that many steps of drift
-            exact_at = np.full(len(active), step - snap_error / drift)
+            exact_at = np.full(len(active), float(step))  # the step of each score's last exact value
             since_refresh, forced = 0, -1
             while step < budget:
                 stop = budget if progress is None else min(budget, reported + 1024)
                 step, since_refresh, status, x = greedy_steps(
                     scores, state.rows, state.slot, state.owner, chosen, active, step, stop,
                     forced, exact_at, since_refresh, drift, tol, snap, act_a, act_self, out_snap,
-                    out_a, out_rho, coarse, acc, slack, snap_error, base, stored, picked_sum.first,
-                    picked_sum.second, picked_sum.s1, picked_sum.s2, _MAX_RESCORE, counts,
+                    out_a, out_rho, coarse, acc, slack, base, stored, picked_sum.first,
+                    picked_sum.scale, picked_sum.second, picked_sum.s1, picked_sum.s2, _MAX_RESCORE, counts,
                 )
                 forced = -1
                 if progress is not None and step - reported >= 1024:

@@ -12,7 +12,8 @@ Cases:
   cls50k    50,000 x 512 features, 10 classes, 10 bins, against the naive O(B^2 n) greedy
             (dense float64 similarity per class, gains recomputed every step) and the official
             code's structure (float32 matrix, boolean-mask indexing), both run in the process of
-            the first precision between two dsquant runs (the ratio uses their mean)
+            the first precision between three timed dsquant runs and three more (the ratio uses
+            the mean of the six)
   pool54k   53,785 x 384 features, no labels (one pool), 10 bins
   imagenet  1,281,167 x 512 features (memory-mapped .npy), 1,000 classes, 10 bins
 
@@ -128,7 +129,7 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
     # the first call in a process loads the compiled greedy loop (numba's on-disk cache, or a
     # compilation the very first time): timed on its own, not inside the cases
     t = time.perf_counter()
-    generate_bins(np.random.default_rng(0).random((64, 8)), 2, np.arange(64) % 2, dtype=dtype)
+    generate_bins(np.random.default_rng(0).random((64, 8), dtype=np.float32), 2, np.arange(64) % 2, dtype=dtype)
     rec["first_call_seconds"] = time.perf_counter() - t
     if case.startswith("cls50k"):
         kind = case.split("-", 1)[1] if "-" in case else "clustered"
@@ -139,13 +140,19 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
         else:
             feats, labels = clustered(50000, 512, 10)
         rec["data"] = f"50,000 x 512 {kind}, 10 classes, 10 bins"
+        def timed() -> float:
+            t = time.perf_counter()
+            generate_bins(feats, 10, labels, dtype=dtype)
+            return time.perf_counter() - t
+
         t = time.perf_counter()
-        bins = generate_bins(feats, 10, labels, dtype=dtype)
-        rec["seconds"] = time.perf_counter() - t
+        bins = generate_bins(feats, 10, labels, dtype=dtype)  # the bins: a warm-up run, timed apart
+        rec["warm_up_seconds"] = time.perf_counter() - t
+        runs = [timed() for _ in range(3)]
         ref_path = os.path.join(os.environ["BENCH_REF"], f"naive-{kind}.npz") if "BENCH_REF" in os.environ else ""
         if naive_classes != 0 and ref_path and not os.path.exists(ref_path):
-            # the baselines, bracketed by a second dsquant run: this machine's speed drifts by
-            # tens of percent over minutes, so the ratio uses the mean of the two dsquant runs
+            # the baselines, bracketed by three more dsquant runs: this machine's speed drifts by
+            # tens of percent over minutes, so the ratio uses the mean of all six dsquant runs
             k = naive_classes or 10
             t = time.perf_counter()
             ref = naive_greedy_bins(feats, labels, 10, classes=k)
@@ -156,10 +163,9 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
             t = time.perf_counter()
             official_style_bins(feats, labels, 10, classes=k)
             rec["official_style_seconds"] = (time.perf_counter() - t) * (10 / k)
-            t = time.perf_counter()
-            generate_bins(feats, 10, labels, dtype=dtype)
-            rec["seconds_runs"] = [rec["seconds"], time.perf_counter() - t]
-            rec["seconds"] = float(np.mean(rec["seconds_runs"]))
+            runs += [timed() for _ in range(3)]
+        rec["seconds_runs"] = runs
+        rec["seconds"] = float(np.mean(runs))
         if naive_classes != 0 and ref_path and os.path.exists(ref_path):
             # the same bins as the naive greedy, on the classes it ran on
             with np.load(ref_path) as z:
@@ -241,7 +247,7 @@ def main() -> None:
         official = f"{nv['official_style_seconds']:.0f} s" if nv else "-"
         speed_o = f"{nv['official_style_seconds'] / r['seconds']:.0f}x" if nv else "-"
         same = ("yes" if r.get("same_bins_as_naive") else "no") if "same_bins_as_naive" in r else "-"
-        runs = " (" + " / ".join(f"{x:.2f}" for x in r["seconds_runs"]) + ")" if "seconds_runs" in r else ""
+        runs = f" ({min(r['seconds_runs']):.2f}-{max(r['seconds_runs']):.2f}, {len(r['seconds_runs'])} runs)" if "seconds_runs" in r else ""
         print(f"| {r['data']} | {r['precision']} | {r['seconds']:.2f} s{runs} | {naive} | {speed} | {official} | {speed_o} | {same} | {r['peak_rss_gb']:.2f} GB |")
 
 

@@ -14,13 +14,16 @@ How this is fast and exact:
 * the score is linear in the unit embeddings, ``score(x) = <u_x, w>``, so a sample's exact score
   costs O(d) and all of them one matrix-vector product;
 * running float64 scores are kept for an *active set* A (the best samples at the last exact
-  refresh, about 1.5 times the bin's picks), ``score <- score - cos(f_x*, f_A)`` after each pick,
+  refresh, the bin's picks plus 256), ``score <- score - cos(f_x*, f_A)`` after each pick,
   in one compiled pass (:mod:`dsquant.core._steps`); every other sample has a Cauchy-Schwarz
   upper bound on its score, and when the best of A no longer beats every bound, all scores are
   refreshed exactly and A is chosen again (a lazy greedy in blocks). When the bounds do not
   hold up (flat gains), A is the whole pool;
 * the rows ``cos(f_x, f_A)`` are computed by matrix products, a batch at a time, for the
   samples of A with the highest scores, and held in a buffer of bounded size (``memory``);
+  rows of samples not picked yet are kept across refreshes and into the next bin;
+* nothing is copied per bin: the kernels of :mod:`dsquant.core.similarity` keep the embedding
+  as given and narrow an index as the pool shrinks;
 * the rows may be float32 and the result is still the exact float64 greedy: samples whose
   running score is within the rounding bound of the best are re-scored exactly before a pick,
   and ties (within 64 float64 ulps) go to the lowest index.
@@ -245,10 +248,11 @@ class _PoolGreedy:
 
     The result is the exact float64 greedy: each row entry is off by at most
     ``kernel.row_error``, so ``t`` steps after its last exact value a score is within
-    ``t * row_error`` of the truth; every sample whose running score is that close to the best
-    is re-scored exactly (``sum_S cos_jx = <f_x, sum_S f_j>`` in float64) and the best exact
-    score wins, ties (within 64 ulps) going to the lowest index. When too many samples are that
-    close, every score is re-anchored to its exact value.
+    ``t * row_error`` of the truth (each sample keeps the step of its last exact value); every
+    sample whose running score could be that close to the best is re-scored exactly
+    (``sum_S cos_jx = <u_x, sum_S u_j>`` in float64, inside the compiled loop) and keeps the
+    exact value, and the best exact score wins, ties (within 64 ulps) going to the lowest index.
+    When too many samples are that close, every score is re-anchored to its exact value.
     """
 
     #: the active set holds this many times the bin's picks (plus ``_ACTIVE_EXTRA``)

@@ -14,7 +14,7 @@ Neither needs an n x n matrix. Two embeddings are supported:
   ``<g_i, g_j> = <delta_i, delta_j> (1 + <e_i, e_j>)``; the C*(d+1)-dim vector is never built.
 
 Zero vectors have no direction: their cosine with anything is defined as 0 (similarity 0.5).
-Pure numpy, no I/O.
+Pure numpy (the exact sums are numba-compiled loops from :mod:`dsquant.core._steps`), no I/O.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _resolve(scores, exact_at, step, drift, tol, x, base, stored, first, scale, 
 
 @njit(nogil=True, cache=True)
 def greedy_steps(
-    scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, since_refresh, drift,
+    scores, rows, slot, owner, chosen, index, step, stop, forced, exact_at, drift,
     tol, snap, a, selfsim, out_snap, out_a, out_rho, coarse, acc, slack,
     base, stored, first, scale, second, s1, s2, max_rescore, counts,
 ):
@@ -189,7 +189,6 @@ def greedy_steps(
         exact_at: (m,) float64, the step at which each score was last exact: score x is within
             ``(step - exact_at[x]) * drift`` of the truth. When another sample's score is within
             both errors plus ``tol`` of the best, the contenders are re-scored exactly.
-        since_refresh: steps since the last exact refresh (the picks in P and ``|D|^2``).
         drift: per-step error bound of a running score; ``tol``: the tie tolerance.
         snap, a, selfsim: (m,) float64 exact scores at the last refresh, ``<u_x, q>`` and
             ``|u_x|^2`` of the active samples.
@@ -206,7 +205,7 @@ def greedy_steps(
         counts: (3,) int64, updated: contentions, contender re-scorings, full re-anchorings.
 
     Returns:
-        (step, since_refresh, status, x): status is DONE, NEED_ROW (x, the next pick, has no
+        (step, status, x): status is DONE, NEED_ROW (x, the next pick, has no
         row; call again with ``forced = x``) or STALE.
     """
     x = forced
@@ -225,10 +224,10 @@ def greedy_steps(
             r = np.sqrt(max(0.0, acc[1] + acc[2] - p * p + slack))
             if not low > _coarse_bound(coarse, p, r):
                 if not low > _outside_bound(out_snap, out_a, out_rho, p, r):
-                    return step, since_refresh, STALE, x
+                    return step, STALE, x
         j = slot[x]
         if j < 0:
-            return step, since_refresh, NEED_ROW, x
+            return step, NEED_ROW, x
         forced = -1
         # |D|^2 grows by 2 sum_{j picked since the refresh} cos(x, j) + |u_x|^2
         acc[1] += 2.0 * (snap[x] - scores[x]) + selfsim[x]
@@ -240,7 +239,6 @@ def greedy_steps(
         slot[x] = -1
         chosen[step] = index[x]
         step += 1
-        since_refresh += 1
         # subtract x's row, find the next best and the best of the others by their upper
         # error bounds, in one pass
         best = -np.inf
@@ -262,4 +260,4 @@ def greedy_steps(
             elif w > w2:
                 w2 = w
         other = w2 if a1 == x else w1
-    return step, since_refresh, DONE, -1
+    return step, DONE, -1

@@ -358,12 +358,12 @@ class _PoolGreedy:
             base, stored = score0[active], picked_sum.stored(active)
             acc = np.zeros(3)
             exact_at = np.full(len(active), float(step))  # the step of each score's last exact value
-            since_refresh, forced = 0, -1
+            forced = -1
             while step < budget:
                 stop = budget if progress is None else min(budget, reported + 1024)
-                step, since_refresh, status, x = greedy_steps(
+                step, status, x = greedy_steps(
                     scores, state.rows, state.slot, state.owner, chosen, active, step, stop,
-                    forced, exact_at, since_refresh, drift, tol, snap, act_a, act_self, out_snap,
+                    forced, exact_at, drift, tol, snap, act_a, act_self, out_snap,
                     out_a, out_rho, coarse, acc, slack, base, stored, picked_sum.first,
                     picked_sum.scale, picked_sum.second, picked_sum.s1, picked_sum.s2, _MAX_RESCORE, counts,
                 )

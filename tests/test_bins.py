@@ -196,6 +196,8 @@ def test_active_set_bounds_keep_the_exact_greedy(small_active_set, seed):
         assert got == expected
         assert greedy.stats["refreshes"] > 3  # more than one active set per bin
         assert not greedy.whole_pool
+        # rows of samples not picked yet were carried past refreshes, at most 2 batches at once
+        assert 0 < greedy.stats["carried_max"] <= 2 * small_active_set.batch
 
 
 def test_active_set_falls_back_to_the_whole_pool_on_flat_scores(small_active_set, rng, monkeypatch):

@@ -147,6 +147,7 @@ class _RowsState:
             buffer = np.empty(size, dtype=kernel.dtype)
         self.buffer = buffer
         self.rows = buffer[:size].reshape(self.capacity, width)
+        self.carried = 0  # rows taken from an earlier state (:meth:`adopt`)
         self.owner = np.full(self.capacity, -1, dtype=np.int64)  # column held by each slot
         self.slot = np.full(width, -1, dtype=np.int64)  # slot holding each column, or -1
         self.computed = 0
@@ -179,10 +180,15 @@ class _RowsState:
         self.slot[need] = slots
         self.computed += len(need)
 
-    def held_rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def held_rows(self, index: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The rows held, to carry past a refresh: (samples (k,), rows (k, width), columns
-        (width,)), samples and columns as pool positions (``index`` maps columns to them)."""
+        (width,)), samples and columns as pool positions (``index`` maps columns to them). A
+        copy: at most ``2 * batch`` rows, those of the best ``scores``, so that carrying adds
+        little to the memory of the buffer."""
         held = np.flatnonzero(self.owner >= 0)
+        limit = 2 * self.batch
+        if len(held) > limit:
+            held = held[np.argpartition(-scores[self.owner[held]], limit - 1)[:limit]]
         return index[self.owner[held]], self.rows[held], index
 
     def adopt(self, index: np.ndarray, samples: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> None:
@@ -205,6 +211,7 @@ class _RowsState:
         self.owner[:k] = at
         self.slot[at] = np.arange(k)
         self.computed += k * len(fresh) / len(index)
+        self.carried = k
 
     def compact(self, keep: np.ndarray, capacity: int) -> "_RowsState":
         """The same rows over the columns where ``keep`` is True, for the restricted kernel,
@@ -272,7 +279,7 @@ class _PoolGreedy:
         self.buffer: np.ndarray | None = None
         self.whole_pool = False
         self.carry = None  # rows kept for the next bin: a _RowsState (whole pool) or held_rows()
-        self.stats = {"contends": 0, "rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0}
+        self.stats = {"contends": 0, "rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0, "carried": 0, "carried_max": 0}
 
     def _capacity(self, width: int, dtype) -> int:
         """Rows of ``width`` values that fit: ``block_size`` if given, else the memory budget."""
@@ -340,9 +347,10 @@ class _PoolGreedy:
             else:
                 # rows held for unpicked samples (from this bin before the refresh, or from the
                 # last bin) are kept for those that stay active
-                kept = state.held_rows(active_at) if state is not None else self.carry
-                if isinstance(kept, _RowsState):
-                    kept = kept.held_rows(np.arange(n))
+                if state is not None:
+                    kept = state.held_rows(active_at, scores)
+                else:  # a whole-pool carry only fits a bin that starts whole-pool
+                    kept = self.carry if isinstance(self.carry, tuple) else None
                 state = _RowsState(
                     kernel.restrict(inside, rows_only=True), self._capacity(len(active), kernel.dtype),
                     batch=self.batch, buffer=self.buffer,
@@ -378,6 +386,8 @@ class _PoolGreedy:
                     forced = x
             live[chosen[start:step]] = False
             self.stats["rows"] += state.computed
+            self.stats["carried"] += state.carried
+            self.stats["carried_max"] = max(self.stats["carried_max"], state.carried)
             if step < budget and (
                 step == start or step < refreshes * self._MIN_PICKS_PER_REFRESH
             ):
@@ -398,7 +408,7 @@ class _PoolGreedy:
             elif state is not None:  # the held rows, over the columns left, in the next pool's positions
                 remap = np.full(n, -1, dtype=np.int64)
                 remap[rest] = np.arange(len(rest))
-                samples, rows, columns = state.held_rows(active)
+                samples, rows, columns = state.held_rows(active, scores)
                 cols = remap[columns] >= 0
                 self.carry = (remap[samples], rows[:, cols], remap[columns[cols]])
             self.kernel = kernel.restrict(keep)
@@ -446,8 +456,9 @@ def generate_bins(
         block_size: at most this many rows of similarities (each of the pool's length) are held
             per pool; by default as many as ``memory`` allows.
         memory: bytes of similarity rows held per pool when ``block_size`` is None (default
-            2 GiB; pools binned at once on ``n_jobs`` threads have one each). Nothing else grows
-            faster than n d: no n x n matrix is ever built beyond this buffer.
+            2 GiB; pools binned at once on ``n_jobs`` threads have one each), plus a copy of at
+            most 256 rows carried across a refresh. Nothing else grows faster than n d: no
+            n x n matrix is ever built beyond this buffer.
         dtype: precision of the similarity rows, a speed and memory knob only: the result is the
             exact float64 greedy either way. float32 (default) halves the memory and time of
             the rows; float64 needs fewer exact re-scorings.

@@ -20,9 +20,6 @@ where D is the sum of the unit embeddings picked since the refresh, ``a_x = <u_x
 per pick, and that sum is the drop of x's own running score), so the bound costs O(1) per step
 in the common case and O(|pool \\ A|) otherwise. A pick is taken only when the best running
 score of A beats every bound by more than the tie tolerance; else the loop asks for a refresh.
-
-The arithmetic of the scores is numpy's (``score - float64(row)`` per entry), so the picks are
-the same bit for bit.
 """
 
 from __future__ import annotations
@@ -77,7 +74,7 @@ def _outside_bound(out_snap, out_a, out_rho, p, r):
     return best
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _exact_drop(r, first, scale, second, s1, s2):
     """``sum_{j picked} cos(j, x)`` in float64 for the sample stored at row r (see
     :class:`dsquant.core.similarity._Accumulator`): ``<p_r, s1> + p_r^T s2 q_r`` with
@@ -93,21 +90,10 @@ def _exact_drop(r, first, scale, second, s1, s2):
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def picked_sums(rows, first, scale, second, s1, s2, out):
-    """``out[i] = sum_{j picked} cos(j, x_i)`` (float64) for the samples stored at ``rows[i]``
-    (:func:`_exact_drop`, vectorised), reading only those rows."""
+    """``out[i] = sum_{j picked} cos(j, x_i)`` (float64) for the samples stored at ``rows[i]``,
+    reading only those rows."""
     for i in range(rows.shape[0]):
-        r = rows[i]
-        v = 0.0
-        if second.shape[1] == 0:
-            for c in range(first.shape[1]):
-                v += np.float64(first[r, c]) * s1[c]
-        else:
-            for c in range(first.shape[1]):
-                t = s1[c]
-                for k in range(second.shape[1]):
-                    t += s2[c, k] * np.float64(second[r, k])
-                v += np.float64(first[r, c]) * t
-        out[i] = v * scale[r]
+        out[i] = _exact_drop(rows[i], first, scale, second, s1, s2)
 
 
 @njit(nogil=True, cache=True)

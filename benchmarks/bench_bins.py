@@ -140,15 +140,13 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
         else:
             feats, labels = clustered(50000, 512, 10)
         rec["data"] = f"50,000 x 512 {kind}, 10 classes, 10 bins"
-        def timed() -> float:
+        def timed() -> tuple[float, list]:
             t = time.perf_counter()
-            generate_bins(feats, 10, labels, dtype=dtype)
-            return time.perf_counter() - t
+            out = generate_bins(feats, 10, labels, dtype=dtype)
+            return time.perf_counter() - t, out
 
-        t = time.perf_counter()
-        bins = generate_bins(feats, 10, labels, dtype=dtype)  # the bins: a warm-up run, timed apart
-        rec["warm_up_seconds"] = time.perf_counter() - t
-        runs = [timed() for _ in range(3)]
+        rec["warm_up_seconds"], bins = timed()  # the bins: a warm-up run, timed apart
+        runs = [timed()[0] for _ in range(3)]
         ref_path = os.path.join(os.environ["BENCH_REF"], f"naive-{kind}.npz") if "BENCH_REF" in os.environ else ""
         if naive_classes != 0 and ref_path and not os.path.exists(ref_path):
             # the baselines, bracketed by three more dsquant runs: this machine's speed drifts by
@@ -163,7 +161,7 @@ def run_case(case: str, naive_classes: int | None, precision: str) -> dict:
             t = time.perf_counter()
             official_style_bins(feats, labels, 10, classes=k)
             rec["official_style_seconds"] = (time.perf_counter() - t) * (10 / k)
-            runs += [timed() for _ in range(3)]
+            runs += [timed()[0] for _ in range(3)]
         rec["seconds_runs"] = runs
         rec["seconds"] = float(np.mean(runs))
         if naive_classes != 0 and ref_path and os.path.exists(ref_path):

@@ -152,6 +152,7 @@ class _Kernel:
         return out
 
     def _init(self, first: np.ndarray, second: np.ndarray, scale: np.ndarray, dtype) -> None:
+        """Store the factors (see the class docstring) and compute the column sums."""
         self._first, self._second, self._scale = first, second, scale
         self._self = (scale > 0).astype(np.float64)
         self._index = None
@@ -188,12 +189,11 @@ class _Kernel:
         if self._fast is not None:  # a compact kernel stays compact
             new._fast = (self._fast[0][keep], self._fast[1][keep])
             return new
-        new._index = np.flatnonzero(keep) if self._index is None else self._index[keep]
         if rows_only:
             new._fast = self._scaled(np.flatnonzero(keep))
-            new._index = None
-        else:
-            new._first, new._second, new._scale = self._first, self._second, self._scale
+            return new
+        new._index = np.flatnonzero(keep) if self._index is None else self._index[keep]
+        new._first, new._second, new._scale = self._first, self._second, self._scale
         return new
 
 

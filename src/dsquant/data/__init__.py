@@ -9,6 +9,11 @@
 | ``*-idx3-ubyte[.gz]`` / ``*-idx1-ubyte[.gz]``, or a directory of them | :func:`read_idx` |
 | ``*.npy`` / ``*.npz`` feature matrices | :func:`read_features` |
 | ``*.jsonl``, ``*.json`` (plain or ``.gz``) of text records | :func:`read_text_records` |
+
+Readers trust no input: a bad file gives a :class:`DataError` whose one-line message names it
+(a path, or ``archive:member``) and says what was expected. The rules (pixel modes, size limits,
+truncated archives, empty classes, labels, text field values) are in the docstrings of
+:mod:`dsquant.data.images`, :mod:`dsquant.data.features` and :mod:`dsquant.data.text`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .text import TEXT_SUFFIXES, TextDataset, read_text_records
 from .images import (
     DataError,
     ImageDataset,
+    check_regular_file,
     from_arrays,
     is_cifar_archive,
     load_digits,
@@ -56,7 +62,8 @@ def detect_format(spec: str | os.PathLike) -> str:
     ``features``, ``text``.
 
     Raises:
-        DataError: if the path does not exist or its format is not recognised.
+        DataError: if the path does not exist, is neither a directory nor a regular file (a FIFO
+            or device could hang or never end), or its format is not recognised.
     """
     if str(spec) == "digits":
         return "digits"
@@ -70,6 +77,7 @@ def detect_format(spec: str | os.PathLike) -> str:
         if any("idx3-ubyte" in p.name for p in path.iterdir()):
             return "idx"
         return "imagefolder"
+    check_regular_file(path)
     if "idx3-ubyte" in name or "idx1-ubyte" in name:
         return "idx"
     if name.endswith((".npy", ".npz")):

@@ -1,9 +1,18 @@
 """Precomputed feature matrices as datasets: ``.npy`` (features) or ``.npz`` (``features`` and
-optional ``labels`` / ``classes``)."""
+optional ``labels`` / ``classes``).
+
+Rules: features must be real numbers, integers or floats (complex values are refused rather than
+losing their imaginary part; bool, object and structured arrays are refused too). Labels must be
+integers; their classes follow :func:`~dsquant.data.images.label_classes` (negative labels are
+refused). Files must be regular files, and an array's header (shape and dtype) must fit in the
+bytes the file, or the ``.npz`` member, holds before anything is read. Errors are
+:class:`~dsquant.data.DataError` with a one-line message naming the file.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -11,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import DataError
+from .images import DataError, check_regular_file, label_classes
 
 __all__ = ["FeatureDataset", "read_features", "load_array"]
 
@@ -40,8 +49,10 @@ class FeatureDataset:
         f = self.features
         if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
             raise DataError(f"{self.source}: features must be a non-empty 2-D array (N, d), got shape {f.shape}")
-        if not np.issubdtype(f.dtype, np.number):
-            raise DataError(f"{self.source}: features must be numeric, got dtype {f.dtype}")
+        if not (np.issubdtype(f.dtype, np.integer) or np.issubdtype(f.dtype, np.floating)):
+            raise DataError(
+                f"{self.source}: features must be real numbers (integers or floats), got dtype {f.dtype}"
+            )
         if self.labels is not None:
             lab = np.asarray(self.labels)
             if lab.shape != (f.shape[0],):
@@ -50,9 +61,14 @@ class FeatureDataset:
                 )
             if not np.issubdtype(lab.dtype, np.integer):
                 raise DataError(f"{self.source}: labels must be integers, got dtype {lab.dtype}")
-            self.labels = lab.astype(np.int64, copy=False)
             if not self.classes:
-                self.classes = [str(c) for c in range(int(lab.max()) + 1)]
+                lab, self.classes = label_classes(lab, self.source)
+            elif lab.min() < 0 or lab.max() >= len(self.classes):
+                raise DataError(
+                    f"{self.source}: labels must lie in [0, {len(self.classes)}) for the "
+                    f"{len(self.classes)} classes, got [{lab.min()}, {lab.max()}]"
+                )
+            self.labels = lab.astype(np.int64, copy=False)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -71,13 +87,39 @@ class FeatureDataset:
         return self._fingerprint
 
 
+def _check_header(f, available: int, name: str) -> None:
+    """Read a ``.npy`` header from ``f`` and refuse a shape whose data ``available`` bytes
+    cannot hold (before numpy allocates it)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise DataError(f"{name}: not a numpy .npy array ({' '.join(str(exc).split())})") from None
+    need = math.prod(shape) * dtype.itemsize
+    room = available - f.tell()
+    if need > room:
+        raise DataError(f"{name}: header announces shape {shape} of {dtype} ({need} bytes) but holds {room}")
+
+
+def _npz_array(z, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of an open ``.npz``, its header checked against the member's size first."""
+    member = key + ".npy" if key + ".npy" in z.zip.namelist() else key
+    with z.zip.open(member) as f:
+        _check_header(f, z.zip.getinfo(member).file_size, f"{path}:{member}")
+    return z[key]
+
+
 def load_array(path: str | os.PathLike, key: str | None = None, mmap: bool = True) -> np.ndarray:
     """Load a ``.npy`` (memory-mapped, read-only) or one array of a ``.npz``, never unpickling.
 
     Raises:
-        DataError: if the file is missing, corrupt, holds Python objects, or lacks ``key``.
+        DataError: if the file is missing or not a regular file, corrupt, holds Python objects,
+            announces more data than it holds, or lacks ``key``.
     """
     path = Path(path)
+    size = check_regular_file(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -87,14 +129,16 @@ def load_array(path: str | os.PathLike, key: str | None = None, mmap: bool = Tru
                     key = z.files[0]
                 if key not in z.files:
                     raise DataError(f"{path}: no array '{key}' (has {z.files})")
-                return z[key]
+                return _npz_array(z, key, path)
+        with open(path, "rb") as f:
+            _check_header(f, size, str(path))
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read as a numpy array ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: cannot read as a numpy array ({' '.join(str(exc).split())})") from None
 
 
 def read_features(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray | None = None) -> FeatureDataset:
@@ -102,29 +146,39 @@ def read_features(path: str | os.PathLike, labels: str | os.PathLike | np.ndarra
     optionally ``labels`` and ``classes``.
 
     Raises:
-        DataError: on a missing or corrupt file or labels that do not match.
+        DataError: on a missing, non-regular or corrupt file, features that are not real
+            numbers, or labels that do not match, are not integers or are negative (the message
+            names the labels file).
     """
     path = Path(path)
     classes: list[str] = []
     if path.suffix == ".npz":
+        check_regular_file(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "features" not in z.files:
                     raise DataError(f"{path}: expected an array named 'features' (has {z.files})")
-                feats = z["features"]
-                lab = z["labels"] if "labels" in z.files else None
+                feats = _npz_array(z, "features", path)
+                lab = _npz_array(z, "labels", path) if "labels" in z.files else None
                 if "classes" in z.files:
-                    classes = [str(c) for c in z["classes"]]
+                    classes = [str(c) for c in _npz_array(z, "classes", path)]
         except DataError:
             raise
         except FileNotFoundError:
             raise DataError(f"{path}: no such file") from None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{path}: cannot read as a numpy archive ({exc})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise DataError(f"{path}: cannot read as a numpy archive ({' '.join(str(exc).split())})") from None
     else:
         feats = load_array(path)
         lab = None
+    label_source = str(path)
     if labels is not None:
-        lab = labels if isinstance(labels, np.ndarray) else load_array(labels, key="labels" if str(labels).endswith(".npz") else None, mmap=False)
+        if isinstance(labels, np.ndarray):
+            lab, label_source = labels, "labels"
+        else:
+            lab = load_array(labels, key="labels" if str(labels).endswith(".npz") else None, mmap=False)
+            label_source = str(labels)
         lab = np.asarray(lab)
+    if lab is not None and not classes and lab.ndim == 1 and feats.ndim == 2 and len(lab) == len(feats):
+        lab, classes = label_classes(lab, label_source)  # names the labels file on bad labels
     return FeatureDataset(feats, lab, classes, str(path))

@@ -8,6 +8,35 @@ unpickler), scikit-learn's digits, and in-memory arrays.
 
 Order: classes sort by name (label i is the i-th name), images by path inside their class, as
 torchvision's ImageFolder does. Indices everywhere in dsquant refer to this order.
+
+Pixel modes (how a decoded image becomes uint8 L or RGB):
+
+* ``L`` and ``RGB`` are kept; ``1`` (bilevel) gives 0/255; ``LA`` drops its alpha to ``L``.
+* 16-bit grey (``I;16``, ``I;16B``, ... and the ``I`` mode Pillow gives 16-bit PNG/PGM files):
+  value / 257, rounded (65535 -> 255, and an 8-bit value stored as v * 257 comes back as v).
+* ``I`` (32-bit integers, e.g. TIFF): values must lie in [0, 65535]; if the largest is at most
+  255 they are kept, otherwise they are scaled as 16-bit. Anything else is refused.
+* ``F`` (float): values in [0, 1] are scaled by 255, otherwise values in [0, 255] are kept (both
+  rounded to nearest); NaN, infinities or other ranges are refused.
+* Every other mode (``P``, ``RGBA``, ``CMYK``, ``YCbCr``, ...) is converted to ``RGB`` by Pillow:
+  a palette gives its colours, alpha is dropped (not composited), CMYK uses Pillow's formula.
+  16-bit colour files are reduced to their high byte by Pillow itself.
+
+Inputs are not trusted. Every error is a :class:`DataError` whose one-line message names the file
+(a path, or ``archive:member``) and what was expected:
+
+* only regular files are read (a symbolic link to one is fine; FIFOs, devices and sockets are
+  refused before opening them for reading);
+* sizes are checked from ``stat``, tar and IDX headers before reading: an image file or tar
+  member above :data:`MAX_IMAGE_BYTES`, a CIFAR batch above :data:`MAX_PICKLE_BYTES`, IDX data
+  that the file cannot hold are refused; images above Pillow's ``Image.MAX_IMAGE_PIXELS`` are
+  refused as possible decompression bombs (Pillow's warning is made an error);
+* a tar archive must end with its end-of-archive marker (a zero block): one cut short, even at a
+  member boundary, is refused as truncated;
+* an empty ImageFolder class folder (no image files in it) is refused, as torchvision does,
+  instead of shifting the ids of the classes after it; class folder names must be valid UTF-8;
+* class ids from label files (IDX, CIFAR without meta, arrays) follow :func:`label_classes`:
+  negative labels are refused, and one huge label value cannot make millions of classes.
 """
 
 from __future__ import annotations
@@ -16,10 +45,16 @@ import gzip
 import hashlib
 import importlib
 import io
+import math
 import os
 import pickle
 import posixpath
+import re
+import stat
 import tarfile
+import threading
+import warnings
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +67,10 @@ __all__ = [
     "ImageDataset",
     "DataError",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_BYTES",
+    "MAX_PICKLE_BYTES",
     "from_arrays",
+    "label_classes",
     "load_digits",
     "read_cifar_archive",
     "read_idx",
@@ -42,6 +80,20 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLITS = ("train", "test", "val", "valid", "validation")
+
+MAX_IMAGE_BYTES = 256 << 20
+"""Largest image file or tar member read (256 MiB), checked from its size before reading it."""
+
+MAX_PICKLE_BYTES = 1 << 30
+"""Largest CIFAR batch file read (1 GiB; CIFAR-100's train batch is 155 MB)."""
+
+GZIP_MAX_RATIO = 1032
+"""Deflate cannot expand data more than ~1032-fold: a gzip file of n bytes holds at most
+``GZIP_MAX_RATIO * n`` bytes, which bounds what a gzipped IDX header may announce."""
+
+DECODE_CHUNK = 2000
+"""Images per task of the decoding pool; the pool is used for more than ``2 * DECODE_CHUNK``
+images."""
 
 
 class DataError(ValueError):
@@ -58,6 +110,9 @@ class ImageDataset:
         classes: class names; label i is ``classes[i]``.
         source: where it was read from (a path or a name such as ``"digits"``).
         split: which split of the source (``"train"``, ``"test"``, ...).
+
+    Raises:
+        DataError: on a shape, dtype or label mismatch.
     """
 
     images: np.ndarray
@@ -129,6 +184,34 @@ class ImageDataset:
         )
 
 
+def label_classes(labels: Sequence[int] | np.ndarray, source: str) -> tuple[np.ndarray, list[str]]:
+    """Class ids and names for integer labels read from ``source`` (when no class names are
+    given).
+
+    Labels ``0..m`` with at most half of those ids missing (MNIST, CIFAR: all present) keep
+    their values, and the classes are ``"0"``..``"m"``. Otherwise the classes are the distinct
+    label values (as strings, in increasing order) and each label becomes the index of its
+    value, so there are never more classes than labels: a single label 2**31 - 1 gives one
+    class, not two billion.
+
+    Raises:
+        DataError: naming ``source`` on a negative label or labels that are not integers.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return labels.astype(np.int64), []
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, got dtype {labels.dtype}")
+    low = labels.min()
+    if low < 0:
+        raise DataError(f"{source}: label {int(low)} is negative (labels must be class ids >= 0)")
+    values = np.unique(labels)
+    top = int(values[-1])
+    if top + 1 <= 2 * len(values):
+        return labels.astype(np.int64), [str(i) for i in range(top + 1)]
+    return np.searchsorted(values, labels).astype(np.int64), [str(int(v)) for v in values]
+
+
 def from_arrays(
     images: np.ndarray,
     labels: Sequence[int] | np.ndarray,
@@ -140,15 +223,14 @@ def from_arrays(
     Args:
         images: (N, H, W) or (N, H, W, C) uint8.
         labels: (N,) integer class ids.
-        classes: names of the classes (default: ``"0"``, ``"1"``, ... up to the largest label).
+        classes: names of the classes (default: from the labels, see :func:`label_classes`).
 
     Raises:
         DataError: on a shape, dtype or label mismatch.
     """
     labels = np.asarray(labels)
     if classes is None:
-        n_classes = int(labels.max()) + 1 if labels.size else 0
-        classes = [str(i) for i in range(n_classes)]
+        labels, classes = label_classes(labels, source)
     return ImageDataset(np.asarray(images), labels, list(classes), source)
 
 
@@ -175,20 +257,143 @@ def load_digits(split: str = "train") -> ImageDataset:
     )
 
 
+# ----------------------------------------------------------------------------- files
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular_file(path: str | os.PathLike, name: str | None = None) -> int:
+    """The size of ``path`` if it is a regular file (a symbolic link to one is fine).
+
+    Raises:
+        DataError: if it is missing, unreadable, or a directory, FIFO, device or socket (which
+            could hang or never end when read).
+    """
+    name = name or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{name}: is {_file_kind(st.st_mode)}; expected a regular file")
+    return st.st_size
+
+
+def _too_big(name: str, size: int, limit: int, what: str) -> DataError:
+    return DataError(f"{name}: {size} bytes is more than the {limit}-byte limit for {what}")
+
+
+def _read_regular(path: Path, limit: int, what: str, name: str | None = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (checked before reading)."""
+    name = name or str(path)
+    size = check_regular_file(path, name)
+    if size > limit:
+        raise _too_big(name, size, limit, what)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise _too_big(name, len(data), limit, what)
+    return data
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str, name: str) -> bytes:
+    """A tar member's bytes, refused from its header size before reading when above ``limit``."""
+    if member.size > limit:
+        raise _too_big(name, member.size, limit, what)
+    return tar.extractfile(member).read()
+
+
+class _EndMarkTarInfo(tarfile.TarInfo):
+    """Notes on the archive when tarfile stops at a zero block (the end-of-archive marker):
+    tarfile also stops, silently, at the end of the data, as in an archive cut at a member
+    boundary."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            tar.dsquant_end_marker = True
+            raise
+
+
+def _check_end_marker(tar: tarfile.TarFile, path: Path) -> None:
+    """After iterating an archive opened with ``tarinfo=_EndMarkTarInfo``: refuse it if it
+    lacks its end-of-archive marker (truncated or corrupt)."""
+    if not getattr(tar, "dsquant_end_marker", False):
+        raise DataError(
+            f"{path}: truncated tar archive (no end-of-archive marker after {len(tar.members)} "
+            f"members); the file was cut short or is corrupt"
+        )
+
+
+def _tar_members(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """All members of an archive opened with ``tarinfo=_EndMarkTarInfo``, which must be whole."""
+    members = list(tar)
+    _check_end_marker(tar, path)
+    return members
+
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile, zlib.error)
+
+
 # ----------------------------------------------------------------------------- image files
+
+
+_GREY = ("1", "L", "LA", "La")
+_BYTESIO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _to_uint8(im: Image.Image, name: str) -> np.ndarray:
+    """An 8-bit grey array for the 16-bit, 32-bit integer and float modes (module docstring)."""
+    a = np.asarray(im)
+    if im.mode == "F":
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"{name}: float image holds NaN or infinite values; expected values in [0, 1] or [0, 255]")
+        low, high = float(a.min()), float(a.max())
+        if low < 0 or high > 255:
+            raise DataError(f"{name}: float image values lie in [{low:g}, {high:g}]; expected [0, 1] or [0, 255]")
+        return np.rint(a * 255.0 if high <= 1 else a).astype(np.uint8)
+    a = a.astype(np.int64)
+    low, high = int(a.min()), int(a.max())
+    sixteen = im.mode.startswith("I;16") or im.format in ("PNG", "PPM")
+    if low < 0 or high > 65535:
+        raise DataError(f"{name}: {im.mode} image values lie in [{low}, {high}]; expected [0, 65535]")
+    if not sixteen and high <= 255:
+        return a.astype(np.uint8)
+    return ((a + 128) // 257).astype(np.uint8)  # round(a / 257)
 
 
 def _decode(data: bytes, name: str, image_size: int | None) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
-            if image_size is not None:
-                im = _resize_center_crop(im, image_size)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: cannot decode image ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.mode in ("I", "F") or im.mode.startswith("I;"):
+                    im = Image.fromarray(_to_uint8(im, name), "L")
+                elif im.mode not in ("L", "RGB"):
+                    im = im.convert("L" if im.mode in _GREY else "RGB")
+                if image_size is not None:
+                    im = _resize_center_crop(im, image_size)
+                return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{name}: cannot decode image (not a recognised image format)") from None
+    except Exception as exc:  # Pillow raises many types on malformed data
+        msg = " ".join(_BYTESIO.sub("", str(exc)).split()) or type(exc).__name__
+        raise DataError(f"{name}: cannot decode image ({msg})") from None
 
 
 def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
@@ -222,31 +427,56 @@ def _decode_chunk(items: list[tuple[str, bytes]], image_size: int | None) -> lis
     return [_decode(data, name, image_size) for name, data in items]
 
 
+def _exit_with_parent(conn) -> None:
+    """Pool worker initializer: exit when the main process dies (even by SIGKILL), instead of
+    waiting forever for work. ``conn`` is the read end of a pipe whose write end only the main
+    process holds: the read returns (EOF) when the main process is gone."""
+
+    def watch() -> None:
+        try:
+            conn.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dsquant-parent-watch", daemon=True).start()
+
+
 def _decode_all(
     items: list[tuple[str, Callable[[], bytes]]], source: str, image_size: int | None, progress: bool
 ) -> np.ndarray:
     """Decode every image; big sets are split over one process per core (Pillow holds the GIL
-    for much of a small image's decode, so threads do not help)."""
+    for much of a small image's decode, so threads do not help). The workers exit if this
+    process dies."""
     from tqdm.auto import tqdm
 
     names = [name for name, _ in items]
     workers = min(os.cpu_count() or 1, 8)
-    chunk = 2000
+    chunk = DECODE_CHUNK
     bar = tqdm(total=len(items), desc=f"decode {Path(source).name}", unit="img", disable=not progress, leave=False)
     arrays: list[np.ndarray] = []
     if workers > 1 and len(items) > 2 * chunk:
         import multiprocessing as mp
 
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
-            futures = [
-                pool.submit(_decode_chunk, [(n, read()) for n, read in items[i : i + chunk]], image_size)
-                for i in range(0, len(items), chunk)
-            ]
-            for fut in futures:
-                part = fut.result()
-                arrays.extend(part)
-                bar.update(len(part))
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        alive_r, alive_w = ctx.Pipe(duplex=False)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(alive_r,)) as pool:
+                try:
+                    futures = [
+                        pool.submit(_decode_chunk, [(n, read()) for n, read in items[i : i + chunk]], image_size)
+                        for i in range(0, len(items), chunk)
+                    ]
+                    for fut in futures:
+                        part = fut.result()
+                        arrays.extend(part)
+                        bar.update(len(part))
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        finally:
+            alive_w.close()
+            alive_r.close()
     else:
         for name, read in items:
             arrays.append(_decode(read(), name, image_size))
@@ -266,8 +496,18 @@ def _safe_parts(name: str) -> list[str] | None:
     return parts
 
 
-def _layout(paths: Iterable[list[str]], split: str | None, source: str) -> tuple[list[tuple[list[str], str]], str]:
-    """Pick the images of ``split``: returns [(parts, class)], the split used."""
+def _layout(
+    paths: Iterable[list[str]],
+    split: str | None,
+    source: str,
+    dirs: Iterable[list[str]] = (),
+    where: Callable[[list[str]], str] = "/".join,
+) -> tuple[list[tuple[list[str], str]], str]:
+    """Pick the images of ``split``: returns [(parts, class)], the split used.
+
+    ``dirs`` are all folders of the tree: a folder beside the chosen class folders that holds no
+    image is an empty class and is refused (``where`` names it in the message).
+    """
     paths = [p for p in paths if len(p) >= 2 and p[-1].lower().endswith(IMAGE_EXTENSIONS)]
     if not paths:
         raise DataError(f"{source}: no images found (expected <class>/<image> with one of {IMAGE_EXTENSIONS})")
@@ -282,6 +522,22 @@ def _layout(paths: Iterable[list[str]], split: str | None, source: str) -> tuple
             raise DataError(f"{source}: has no '{split}' split (no train/ or test/ folders)")
         want = "train"
         chosen = paths
+    parents = {tuple(p[:-2]) for p in chosen}
+    filled = {tuple(p[:-1]) for p in chosen}
+    for d in sorted(dirs):
+        if d and tuple(d[:-1]) in parents and tuple(d) not in filled:
+            raise DataError(
+                f"{where(d)}: empty class folder (no image files: expected at least one of "
+                f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add images"
+            )
+    for c in sorted({p[-2] for p in chosen}):
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"{source}: class folder name {os.fsencode(c)!r} is not valid UTF-8; class "
+                f"names must be text (rename the folder)"
+            ) from None
     return [(p, p[-2]) for p in chosen], want
 
 
@@ -307,23 +563,26 @@ def read_image_folder(
         progress: show a progress bar while decoding.
 
     Raises:
-        DataError: if the directory has no images, lacks the split, or an image cannot be read.
+        DataError: if the directory has no images, lacks the split, has an empty class folder
+            or one whose name is not UTF-8, or an image is not a regular file, is larger than
+            :data:`MAX_IMAGE_BYTES` or cannot be decoded.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    found = []
-    for dirpath, _, files in os.walk(root, followlinks=False):
+    found, dirs = [], []
+    for dirpath, subdirs, files in os.walk(root, followlinks=False):
         rel = Path(dirpath).relative_to(root).parts
+        dirs.extend(list(rel) + [d] for d in subdirs)
         for f in files:
             found.append(list(rel) + [f])
-    entries, split = _layout(found, split, str(root))
+    entries, split = _layout(found, split, str(root), dirs, lambda d: str(root.joinpath(*d)))
     order, classes, labels = _index(entries)
 
     def reader(parts: list[str]) -> Callable[[], bytes]:
-        return lambda: (root.joinpath(*parts)).read_bytes()
+        return lambda: _read_regular(root.joinpath(*parts), MAX_IMAGE_BYTES, "an image file")
 
-    items = [("/".join(entries[i][0]), reader(entries[i][0])) for i in order]
+    items = [(str(root.joinpath(*entries[i][0])), reader(entries[i][0])) for i in order]
     images = _decode_all(items, str(root), image_size, progress)
     return ImageDataset(images, labels, classes, str(root), split)
 
@@ -337,28 +596,36 @@ def read_image_tar(
     paths, no ``..``) are read; nothing is written to disk.
 
     Raises:
-        DataError: if the archive is corrupt or has no images of the split.
+        DataError: if the archive is not a regular file, is corrupt or truncated (no
+            end-of-archive marker), has no images of the split or an empty class folder, or a
+            member is larger than :data:`MAX_IMAGE_BYTES` or cannot be decoded.
     """
     path = Path(path)
+    check_regular_file(path)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = {}
-            for m in tar:
-                if not m.isfile():
-                    continue
+        with tarfile.open(path, "r:*", tarinfo=_EndMarkTarInfo) as tar:
+            members, dirs = {}, []
+            for m in _tar_members(tar, path):
                 parts = _safe_parts(m.name)
-                if parts is not None:
+                if parts is None:
+                    continue
+                if m.isdir():
+                    dirs.append(parts)
+                elif m.isfile():
                     members["/".join(parts)] = m
-            entries, split = _layout([k.split("/") for k in members], split, str(path))
+            entries, split = _layout(
+                [k.split("/") for k in members], split, str(path), dirs, lambda d: f"{path}:{'/'.join(d)}/"
+            )
             order, classes, labels = _index(entries)
             blobs = []
             from tqdm.auto import tqdm
 
             for i in tqdm(order, desc=f"read {path.name}", unit="file", disable=not progress, leave=False):
                 key = "/".join(entries[i][0])
-                f = tar.extractfile(members[key])
-                blobs.append((f"{path}:{key}", (lambda data: lambda: data)(f.read())))
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+                name = f"{path}:{key}"
+                data = _read_member(tar, members[key], MAX_IMAGE_BYTES, "an image file", name)
+                blobs.append((name, (lambda data: lambda: data)(data)))
+    except _TAR_ERRORS as exc:
         raise DataError(f"{path}: cannot read tar archive ({exc})") from None
     images = _decode_all(blobs, str(path), image_size, progress)
     return ImageDataset(images, labels, classes, str(path), split)
@@ -370,40 +637,54 @@ def read_image_tar(
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        return raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+def _read_upto(f, n: int) -> bytearray:
+    """Up to ``n`` bytes of ``f``, in pieces: memory grows with the data actually there."""
+    buf = bytearray()
+    while len(buf) < n:
+        piece = f.read(min(1 << 24, n - len(buf)))
+        if not piece:
+            break
+        buf += piece
+    return buf
 
 
 def parse_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) into an array.
+    """Parse one IDX file (gzipped or not) into an array. The header's size is checked against
+    the file before any data is read or decompressed.
 
     Raises:
-        DataError: on a bad magic number, unknown type code or a size that does not match the
-            header.
+        DataError: if it is not a regular file, on a bad magic number, unknown type code, or a
+            size that does not match the header.
     """
     path = Path(path)
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: IDX header announces {dims} ({expected} bytes of data) but the file holds "
-            f"{len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    size = check_regular_file(path)
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            ndim = head[3]
+            dim_bytes = f.read(4 * ndim)
+            if ndim == 0 or len(dim_bytes) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            dims = [int.from_bytes(dim_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            expected = math.prod(dims) * dtype.itemsize
+            room = GZIP_MAX_RATIO * size if gz else size - 4 - 4 * ndim
+            if expected > room:
+                holds = f"a {size}-byte gzip file cannot hold that much" if gz else f"the file holds {room}"
+                raise DataError(f"{path}: IDX header announces {dims} ({expected} bytes of data) but {holds}")
+            data = _read_upto(f, expected)
+            extra = f.read(1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(data) != expected or extra:
+        holds = f"{len(data)}" if not extra else "more"
+        raise DataError(f"{path}: IDX header announces {dims} ({expected} bytes of data) but the file holds {holds}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _idx_pair(path: Path, split: str) -> tuple[Path, Path]:
@@ -433,10 +714,11 @@ def read_idx(path: str | os.PathLike, split: str = "train", classes: Sequence[st
         path: the images file, the labels file, or a directory holding ``train-*`` and
             ``t10k-*`` files.
         split: ``"train"`` or ``"test"`` (``t10k``), when ``path`` is a directory.
-        classes: class names (default ``"0"``..``"9"``).
+        classes: class names (default: from the labels, see :func:`label_classes`).
 
     Raises:
-        DataError: on a missing partner file, a malformed file or a count mismatch.
+        DataError: on a missing partner file, a malformed file, a count mismatch or negative
+            labels.
     """
     images_path, labels_path = _idx_pair(Path(path), split)
     images = parse_idx(images_path)
@@ -445,10 +727,11 @@ def read_idx(path: str | os.PathLike, split: str = "train", classes: Sequence[st
         raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{labels_path}: {labels.shape} labels do not match {len(images)} images in {images_path.name}")
-    labels = labels.astype(np.int64)
-    names = list(classes) if classes is not None else [str(i) for i in range(int(labels.max()) + 1)]
+    ids, names = label_classes(labels, str(labels_path))  # also refuses negative labels
+    if classes is not None:
+        ids, names = labels.astype(np.int64), list(classes)
     split_name = "test" if images_path.name.startswith("t10k") else split
-    return ImageDataset(images[..., None].copy(), labels, names, str(images_path), split_name)
+    return ImageDataset(images[..., None].copy(), ids, names, str(images_path), split_name)
 
 
 # ----------------------------------------------------------------------------- CIFAR python
@@ -483,8 +766,40 @@ def restricted_loads(data: bytes, name: str = "<pickle>"):
     """
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
-        raise DataError(f"{name}: not a valid CIFAR batch ({exc})") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{name}: not a valid CIFAR batch ({msg})") from None
+
+
+def _cifar_array(batch: dict, raw_size: int, name: str) -> np.ndarray:
+    """A batch's ``data``: a uint8 (N, 3*H*W) array that owns no more bytes than the pickle
+    held (a broadcast or shared-row view, which copying would blow up, is refused)."""
+    arr = batch["data"]
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] % 3:
+        what = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise DataError(f"{name}: 'data' must be a uint8 array (N, 3*H*W), got {what}")
+    if not arr.flags.c_contiguous or arr.nbytes > raw_size:
+        raise DataError(
+            f"{name}: 'data' {arr.shape} is a view of {raw_size} bytes of pickle (shared or "
+            f"broadcast rows); expected a plain array"
+        )
+    return arr
+
+
+def _cifar_labels(values, rows: int, name: str, key: str) -> np.ndarray:
+    """A batch's labels: one integer per row, checked before any conversion."""
+    if isinstance(values, np.ndarray):
+        ok = values.shape == (rows,) and np.issubdtype(values.dtype, np.integer)
+    else:
+        ok = isinstance(values, (list, tuple)) and len(values) == rows and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+        )
+    if not ok:
+        raise DataError(f"{name}: '{key}' must be {rows} integers, one per row of 'data'")
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise DataError(f"{name}: '{key}' holds an integer too large for a label") from None
 
 
 def _cifar_batches(files: dict[str, Callable[[], bytes]], split: str, source: str) -> ImageDataset:
@@ -504,17 +819,19 @@ def _cifar_batches(files: dict[str, Callable[[], bytes]], split: str, source: st
     if meta:
         m = restricted_loads(files[meta[0]](), f"{source}:{meta[0]}")
         if isinstance(m, dict) and names_key in m:
-            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in m[names_key]]
+            try:
+                classes = [c.decode() if isinstance(c, bytes) else str(c) for c in m[names_key]]
+            except (UnicodeDecodeError, TypeError):
+                raise DataError(f"{source}:{meta[0]}: '{names_key}' must be a list of UTF-8 names") from None
     data, labels = [], []
     for n in want:
-        batch = restricted_loads(files[n](), f"{source}:{n}")
+        raw = files[n]()
+        batch = restricted_loads(raw, f"{source}:{n}")
         if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
             raise DataError(f"{source}:{n}: not a CIFAR batch (no 'data'/'{label_key}' entries)")
-        arr = np.asarray(batch["data"])
-        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] % 3:
-            raise DataError(f"{source}:{n}: 'data' must be uint8 (N, 3*H*W), got {arr.dtype} {arr.shape}")
+        arr = _cifar_array(batch, len(raw), f"{source}:{n}")
         data.append(arr)
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(_cifar_labels(batch[label_key], len(arr), f"{source}:{n}", label_key))
     flat = np.concatenate(data)
     side = int(round((flat.shape[1] // 3) ** 0.5))
     if side * side * 3 != flat.shape[1]:
@@ -522,8 +839,16 @@ def _cifar_batches(files: dict[str, Callable[[], bytes]], split: str, source: st
     images = flat.reshape(-1, 3, side, side).transpose(0, 2, 3, 1).copy()
     lab = np.concatenate(labels)
     if classes is None:
-        classes = [str(i) for i in range(int(lab.max()) + 1)]
+        lab, classes = label_classes(lab, source)
     return ImageDataset(images, lab, classes, source, "test" if split == "test" else "train")
+
+
+_CIFAR_FILES = ("batches.meta", "meta", "train", "test")
+
+
+def _is_cifar_file(name: str) -> bool:
+    base = posixpath.basename(name)
+    return base in _CIFAR_FILES or base.startswith(("data_batch_", "test_batch"))
 
 
 def read_cifar_archive(path: str | os.PathLike, split: str = "train") -> ImageDataset:
@@ -531,28 +856,36 @@ def read_cifar_archive(path: str | os.PathLike, split: str = "train") -> ImageDa
     extracted ``cifar-10-batches-py`` / ``cifar-100-python`` directory.
 
     The batches are pickles: they are read with a restricted unpickler that accepts builtin
-    containers and numpy arrays only.
+    containers and numpy arrays only. Only the batch and meta files are read, each at most
+    :data:`MAX_PICKLE_BYTES`.
 
     Raises:
-        DataError: on a corrupt archive, a batch that is not CIFAR's, or a forbidden pickle.
+        DataError: on a corrupt or truncated archive, a batch that is not CIFAR's (or whose
+            'data' array is a view larger than the file), a forbidden pickle, a batch file that
+            is not a regular file or is too large, or negative labels.
     """
     path = Path(path)
     if path.is_dir():
         files = {
-            str(p.relative_to(path)): (lambda p=p: p.read_bytes())
+            str(p.relative_to(path)): (
+                lambda p=p: _read_regular(p, MAX_PICKLE_BYTES, "a CIFAR batch", f"{path}:{p.relative_to(path)}")
+            )
             for p in path.rglob("*")
-            if p.is_file()
+            if not p.is_dir() and _is_cifar_file(p.name)
         }
         return _cifar_batches(files, split, str(path))
+    check_regular_file(path)
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:*", tarinfo=_EndMarkTarInfo) as tar:
             files = {}
             for m in tar:
                 parts = _safe_parts(m.name)
-                if m.isfile() and parts is not None:
-                    data = tar.extractfile(m).read()
-                    files["/".join(parts)] = (lambda d=data: d)
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+                if m.isfile() and parts is not None and _is_cifar_file(m.name):
+                    key = "/".join(parts)
+                    data = _read_member(tar, m, MAX_PICKLE_BYTES, "a CIFAR batch", f"{path}:{key}")
+                    files[key] = (lambda d=data: d)
+            _check_end_marker(tar, path)
+    except _TAR_ERRORS as exc:
         raise DataError(f"{path}: cannot read tar archive ({exc})") from None
     return _cifar_batches(files, split, str(path))
 
@@ -565,6 +898,8 @@ def is_cifar_archive(path: Path) -> bool:
         return (path / "data_batch_1").is_file() or (path / "batches.meta").is_file() or (
             (path / "train").is_file() and (path / "meta").is_file()
         )
+    if not path.is_file():
+        return False
     marks = ("data_batch_", "test_batch", "batches.meta", "cifar-100-python/")
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -573,6 +908,6 @@ def is_cifar_archive(path: Path) -> bool:
                     return True
                 if i > 20:
                     return False
-    except (tarfile.TarError, EOFError, OSError):
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
         return False
     return False

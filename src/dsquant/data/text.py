@@ -9,9 +9,26 @@ Recognised record schemas (the first record decides; every record must have the 
 | prompt/completion | ``prompt``, ``completion`` |
 | text | ``text`` (e.g. Banking77) |
 
-A ``template`` string such as ``"{instruction}\\n{output}"`` overrides the default. Records pass
-through untouched: JSON Lines are kept as their original lines, so an export holds the same keys,
-values and order byte for byte.
+A ``template`` string such as ``"{instruction}\\n{output}"`` overrides the default. Templates
+take plain field names only: no attribute or index access (``{a.b}``, ``{a[0]}``), no
+conversions or format specs (``{a!r}``, ``{a:>9}``), no positional fields (``{}``, ``{0}``).
+
+Field values: a field that is embedded must be a JSON string. ``null`` or a missing value counts
+as empty in the optional fields ``input`` and ``context`` (in a template too); any other value
+(a number, boolean, array, object, or ``null`` elsewhere) is refused, naming the file, the record
+(and line) and the field. ``--group-by`` values must be strings or integers (an integer groups as
+its decimal text, so ``5`` and ``"5"`` are one group); other values are refused the same way.
+
+Text: lone UTF-16 surrogates (``"\\ud800"`` escapes, which cannot be encoded as UTF-8) are
+replaced by U+FFFD in the embedded text; the records themselves are untouched. A group value
+holding one is refused (group names must be valid text). A UTF-8 byte order mark at the start of
+the file is skipped (JSON arrays and JSON Lines). Nesting too deep for the JSON parser is
+refused with the line number.
+
+Records pass through untouched: JSON Lines are kept as their original lines (a leading byte order
+mark aside), so an export holds the same keys, values and order byte for byte.
+
+Errors are :class:`~dsquant.data.DataError` with a one-line message naming the file.
 """
 
 from __future__ import annotations
@@ -21,12 +38,14 @@ import hashlib
 import io
 import json
 import os
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .images import DataError
+from .images import DataError, check_regular_file
 
 __all__ = ["TextDataset", "read_text_records", "SCHEMAS", "TEXT_SUFFIXES", "default_text"]
 
@@ -50,12 +69,77 @@ def _schema(record: dict, source: str) -> str:
     )
 
 
-def default_text(record: dict, schema: str) -> str:
+OPTIONAL_FIELDS = ("input", "context")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _field_text(record: dict, name: str, where: str) -> str:
+    """The string value of an embedded field (module docstring rules); ``where`` locates the
+    record in messages."""
+    value = record.get(name)
+    if isinstance(value, str):
+        return value
+    if value is None and name in OPTIONAL_FIELDS:
+        return ""
+    raise DataError(f"{where}: field '{name}' must be a string, got {_json_kind(value)}")
+
+
+def default_text(record: dict, schema: str, where: str = "record") -> str:
     """The text DQ embeds for a record: the schema's fields joined by spaces, empty optional
-    fields (``input``, ``context``) skipped, newlines turned into spaces (alpaca_embed.py)."""
-    parts = [str(record.get(f, "") or "") for f in SCHEMAS[schema]]
+    fields (``input``, ``context``) skipped, newlines turned into spaces (alpaca_embed.py).
+
+    Raises:
+        DataError: if a field is not a string (``null`` is empty in an optional field).
+    """
+    parts = [_field_text(record, f, where) for f in SCHEMAS[schema]]
     text = " ".join(p for p in parts if p != "")
     return text.replace("\n", " ")
+
+
+def _parse_template(template: str) -> list[tuple[str, str | None]]:
+    """(literal text, field name or None) pieces of a template of plain field names.
+
+    Raises:
+        DataError: naming the template and the offending field.
+    """
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise DataError(f"template {template!r}: {exc}") from None
+    out = []
+    for literal, name, spec, conversion in pieces:
+        if name is not None:
+            bad = (
+                name == "" or name.isdigit() or any(c in name for c in ".[]{}") or spec or conversion
+            )
+            if bad:
+                field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise DataError(
+                    f"template {template!r}: field {field} is not allowed; use plain field names "
+                    f"such as {{instruction}} (no attributes, indexes, conversions or format specs)"
+                )
+        out.append((literal, name))
+    return out
+
+
+def _fill(pieces: list[tuple[str, str | None]], record: dict, where: str) -> str:
+    parts = []
+    for literal, name in pieces:
+        parts.append(literal)
+        if name is not None:
+            parts.append(_field_text(record, name, where))
+    return "".join(parts)
 
 
 @dataclass
@@ -111,7 +195,10 @@ class TextDataset:
                 if self.raw_lines is not None:
                     line = self.raw_lines[i].rstrip(b"\r\n") + b"\n"
                 else:
-                    line = (json.dumps(self.records[i], ensure_ascii=False) + "\n").encode("utf-8")
+                    try:
+                        line = (json.dumps(self.records[i], ensure_ascii=False) + "\n").encode("utf-8")
+                    except UnicodeEncodeError:  # a lone surrogate: keep it as its \uXXXX escape
+                        line = (json.dumps(self.records[i]) + "\n").encode("ascii")
                 f.write(line)
                 total += len(line)
         return total
@@ -127,6 +214,8 @@ def _open(path: Path):
 
 def _first_char(path: Path) -> bytes:
     with _open(path) as f:
+        if f.read(3) != _BOM:
+            f.seek(0)
         while True:
             c = f.read(1)
             if not c or not c.isspace():
@@ -143,29 +232,37 @@ def read_text_records(
 
     Args:
         path: the file.
-        template: a ``str.format`` template over record fields (default: the schema's DQ text).
-        group_by: a field whose values group the records (bins are made per group, like
-            classes for images).
+        template: a template of plain field names such as ``"{instruction} {output}"``
+            (default: the schema's DQ text).
+        group_by: a field whose values (strings or integers) group the records (bins are made
+            per group, like classes for images).
         limit: read only the first ``limit`` records.
 
     Raises:
-        DataError: on a missing or unreadable file, a malformed line (the message gives its line
-            number), a record that is not an object, a missing field, or an empty file.
+        DataError: on a missing, non-regular or unreadable file, a malformed line (the message
+            gives its line number), JSON nested too deeply, a record that is not an object, a
+            missing field, a field value that is not a string, a group value that is not a
+            string or integer, a template that is not plain field names, or an empty file.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    check_regular_file(path)
+    pieces = _parse_template(template) if template else None
     records: list[dict] = []
     raw: list[bytes] | None = []
+    lines: list[int] = []
     try:
         first = _first_char(path)
         if first == b"[":
             raw = None
             with _open(path) as f:
                 try:
-                    data = json.load(io.TextIOWrapper(f, encoding="utf-8"))
+                    data = json.load(io.TextIOWrapper(f, encoding="utf-8-sig"))
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+                except RecursionError:
+                    raise DataError(f"{path}: JSON nested too deeply to parse; expected an array of flat records") from None
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected a JSON array of records")
             records = data[:limit] if limit else data
@@ -175,37 +272,56 @@ def read_text_records(
         else:
             with _open(path) as f:
                 for lineno, line in enumerate(f, 1):
+                    if lineno == 1 and line.startswith(_BOM):
+                        line = line[len(_BOM) :]
                     if not line.strip():
                         continue
                     try:
                         rec = json.loads(line)
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         raise DataError(f"{path}: line {lineno}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+                    except RecursionError:
+                        raise DataError(f"{path}: line {lineno}: JSON nested too deeply to parse; expected a flat record") from None
                     if not isinstance(rec, dict):
                         raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
                     records.append(rec)
                     raw.append(line)
+                    lines.append(lineno)
                     if limit and len(records) >= limit:
                         break
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     if not records:
         raise DataError(f"{path}: no records (the dataset is empty)")
+
+    def where(i: int) -> str:
+        return f"{path}: record {i + 1}" + (f" (line {lines[i]})" if lines else "")
+
     schema = "template" if template else _schema(records[0], str(path))
     texts = []
     for i, rec in enumerate(records):
-        try:
-            texts.append(template.format_map(rec) if template else default_text(rec, schema))
-        except KeyError as exc:
-            raise DataError(f"{path}: record {i + 1} has no field {exc} (needed by the template)") from None
-        if not template and any(f not in rec for f in SCHEMAS[schema] if f not in ("input", "context")):
-            raise DataError(f"{path}: record {i + 1} lacks a field of the {schema} schema {SCHEMAS[schema]}")
+        if pieces is not None:
+            missing = next((n for _, n in pieces if n is not None and n not in rec and n not in OPTIONAL_FIELDS), None)
+            if missing is not None:
+                raise DataError(f"{path}: record {i + 1} has no field '{missing}' (needed by the template)")
+            text = _fill(pieces, rec, where(i))
+        else:
+            if any(f not in rec for f in SCHEMAS[schema] if f not in OPTIONAL_FIELDS):
+                raise DataError(f"{path}: record {i + 1} lacks a field of the {schema} schema {SCHEMAS[schema]}")
+            text = default_text(rec, schema, where(i))
+        texts.append(_SURROGATE.sub("\ufffd", text))
     labels, classes = None, []
     if group_by:
-        if any(group_by not in r for r in records):
-            i = next(i for i, r in enumerate(records) if group_by not in r)
-            raise DataError(f"{path}: record {i + 1} has no field '{group_by}' to group by")
-        values = [json.dumps(r[group_by], sort_keys=True) if not isinstance(r[group_by], str) else r[group_by] for r in records]
+        values = []
+        for i, r in enumerate(records):
+            if group_by not in r:
+                raise DataError(f"{path}: record {i + 1} has no field '{group_by}' to group by")
+            v = r[group_by]
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise DataError(f"{where(i)}: group field '{group_by}' must be a string or an integer, got {_json_kind(v)}")
+            if isinstance(v, str) and _SURROGATE.search(v):
+                raise DataError(f"{where(i)}: group field '{group_by}' holds a lone surrogate ({v!a}); expected valid text")
+            values.append(v if isinstance(v, str) else str(v))
         classes = sorted(set(values))
         index = {c: k for k, c in enumerate(classes)}
         labels = np.array([index[v] for v in values], dtype=np.int64)

@@ -25,14 +25,17 @@ _VIEWS_VERSION = 2
 
 
 def _representativeness(dataset, bins, rep, features, labels):
-    """Per-bin Rep and the name of the method used."""
+    """Per-bin Rep and the name of the method used.
+
+    Raises:
+        DataError: naming the file, if a ``.npy``/``.npz`` of scores is unreadable, not one
+            finite number per sample.
+        ValueError: likewise for an array of scores, or an unknown method.
+    """
     if rep is None:
         rep = "texture" if getattr(dataset, "kind", "") == "images" else "embedding"
-    if isinstance(rep, np.ndarray) or isinstance(rep, (list, tuple)):
-        values = np.asarray(rep, dtype=np.float64)
-        if values.shape != (len(dataset),):
-            raise ValueError(f"rep_scores: expected one score per sample ({len(dataset)}), got shape {values.shape}")
-        return bin_means(values, bins), "user scores"
+    if isinstance(rep, (np.ndarray, list, tuple)):
+        return bin_means(_user_scores(rep, len(dataset), "rep_scores", ValueError), bins), "user scores"
     if rep == "texture":
         if getattr(dataset, "kind", "") != "images":
             raise ValueError("representativeness: 'texture' needs images; use 'embedding' or your own scores")
@@ -40,10 +43,51 @@ def _representativeness(dataset, bins, rep, features, labels):
     if rep == "embedding":
         return embedding_representativeness(features, bins, labels), "mean similarity to the pool (embedding)"
     if isinstance(rep, (str, os.PathLike)) and str(rep).endswith((".npy", ".npz")):
-        from .data import load_array
+        from .data import DataError, load_array
 
-        return _representativeness(dataset, bins, np.asarray(load_array(rep, mmap=False)), features, labels)
+        return bin_means(_user_scores(load_array(rep, mmap=False), len(dataset), str(rep), DataError), bins), "user scores"
     raise ValueError(f"representativeness: expected 'texture', 'embedding', a .npy of per-sample scores or an array, got {rep!r}")
+
+
+def check_representativeness(rep, dataset):
+    """``rep`` checked against ``dataset`` before any work: a method name (None, ``"texture"``
+    for images, ``"embedding"``) as given, per-sample scores (an array, or a ``.npy``/``.npz``
+    read now) as a checked (N,) float64 array.
+
+    Raises:
+        DataError: naming the file, if a scores file is unreadable or not one finite number per
+            sample.
+        ValueError: likewise for an array of scores, an unknown method, or ``"texture"`` for
+            data without images.
+    """
+    if rep is None or (isinstance(rep, str) and rep == "embedding"):
+        return rep
+    if isinstance(rep, str) and rep == "texture":
+        if getattr(dataset, "kind", "") != "images":
+            raise ValueError("representativeness: 'texture' needs images; use 'embedding' or your own scores")
+        return rep
+    if isinstance(rep, (np.ndarray, list, tuple)):
+        return _user_scores(rep, len(dataset), "rep_scores", ValueError)
+    if isinstance(rep, (str, os.PathLike)) and str(rep).endswith((".npy", ".npz")):
+        from .data import DataError, load_array
+
+        return _user_scores(load_array(rep, mmap=False), len(dataset), str(rep), DataError)
+    raise ValueError(f"representativeness: expected 'texture', 'embedding', a .npy of per-sample scores or an array, got {rep!r}")
+
+
+def _user_scores(values, n: int, source: str, error: type[Exception]) -> np.ndarray:
+    """(n,) float64 per-sample scores; ``error`` naming ``source`` unless they are ``n``
+    finite numbers."""
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise error(f"{source}: expected numeric per-sample scores, got {np.asarray(values).dtype}") from None
+    if values.shape != (n,):
+        raise error(f"{source}: expected one score per sample ({n}), got shape {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise error(f"{source}: expected finite scores, got {len(bad)} NaN or inf (first at index {bad[0]})")
+    return values
 
 
 def _views(dataset, encoder: str, proxy, seed: int, cache: Cache | None, device, progress: bool, simclr_options: dict):
@@ -62,9 +106,11 @@ def _views(dataset, encoder: str, proxy, seed: int, cache: Cache | None, device,
         simclr = SimCLREncoder(seed=seed, device=device, **simclr_options)
         config = simclr.config()
     key = hash_key({"v": _VIEWS_VERSION, "data": dataset.fingerprint(), "encoder": config, "seed": seed})
-    hit = cache.load("views", key) if cache is not None else None
+    n = len(dataset)
+    expect = {"a": ("f", (n, None)), "b": ("f", (n, None)), "info": ("U", 0)}
+    hit = cache.load("views", key, expect, lambda v: v["a"].shape == v["b"].shape and isinstance(_json(v["info"]), dict)) if cache is not None else None
     if hit is not None:
-        return hit["a"], hit["b"], {**config, "cached": True, **(_json(hit.get("info")))}
+        return hit["a"], hit["b"], {**config, "cached": True, **_json(hit["info"])}
     info: dict = {}
     if encoder == "proxy":
         model = proxy_model.eval()

@@ -14,7 +14,24 @@ import torch.nn.functional as F
 
 from .training import Normalize
 
-__all__ = ["BasicBlock", "ResNet", "ConvNet", "MLP", "proxy_resnet", "cifar_resnet18"]
+__all__ = ["BasicBlock", "ResNet", "ConvNet", "MLP", "proxy_resnet", "cifar_resnet18", "check_width", "MAX_WIDTH"]
+
+# the widest proxy (first-stage channels): width 1024 is already ~310 M parameters, far beyond
+# what selection needs (the default is 32)
+MAX_WIDTH = 1024
+
+
+def check_width(width, name: str = "width") -> int:
+    """``width`` as an int if it is an integer in [1, MAX_WIDTH].
+
+    Raises:
+        ValueError: naming ``name``, otherwise.
+    """
+    import numbers
+
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"{name}: expected an integer in [1, {MAX_WIDTH}], got {width!r}")
+    return int(width)
 
 
 class BasicBlock(nn.Module):

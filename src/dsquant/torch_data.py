@@ -10,7 +10,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["SubsetDataset", "SubsetSampler", "load_subset"]
+__all__ = ["SubsetDataset", "SubsetSampler", "load_subset", "check_indices"]
+
+
+def check_indices(indices, n: int, name: str = "indices") -> np.ndarray:
+    """``indices`` as a 1-D int64 array of values in [0, n).
+
+    Raises:
+        ValueError: naming ``name``, if they are not 1-D integers in that range.
+    """
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise ValueError(f"{name}: expected a 1-D array of integer indices, got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{name}: expected values in [0, {n}), got [{arr.min()}, {arr.max()}]")
+    return arr
 
 
 class SubsetDataset(Dataset):
@@ -27,9 +42,7 @@ class SubsetDataset(Dataset):
 
     def __init__(self, dataset, indices: np.ndarray, transform: Callable | None = None) -> None:
         self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64)
-        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(dataset)):
-            raise ValueError(f"indices: expected values in [0, {len(dataset)}), got [{self.indices.min()}, {self.indices.max()}]")
+        self.indices = check_indices(indices, len(dataset))
         self.transform = transform
 
     def __len__(self) -> int:
@@ -51,9 +64,11 @@ class SubsetSampler(Sampler[int]):
     ``DataLoader`` over the *full* dataset."""
 
     def __init__(self, indices: np.ndarray, shuffle: bool = True, seed: int = 0) -> None:
+        from .training import check_seed
+
         self.indices = np.asarray(indices, dtype=np.int64)
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(check_seed(seed))
 
     def __iter__(self):
         if not self.shuffle:
@@ -72,12 +87,15 @@ def load_subset(out_dir: str | os.PathLike, data=None, transform: Callable | Non
     the manifest. Its fingerprint must match the manifest's.
 
     Raises:
-        ValueError: if the dataset is not the one the indices refer to.
+        ValueError: naming ``out_dir``, if the dataset is not the one the indices refer to, or
+            the compressed set is empty.
     """
     from .artifact import read_output
     from .pipeline import read_dataset
 
     out = read_output(out_dir)
+    if len(out.indices) == 0:
+        raise ValueError(f"{out_dir}: the compressed set is empty (0 samples)")
     ds_info = out.manifest["dataset"]
     source = data if data is not None else ds_info["source"]
     dataset = read_dataset(source, split=ds_info.get("split") or "train", image_size=out.manifest["parameters"].get("image_size"))

@@ -8,7 +8,9 @@ choice comes from one seeded ``torch.Generator``; the global torch RNG is left u
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -20,7 +22,10 @@ import torch.nn.functional as F
 __all__ = [
     "TrainConfig",
     "Normalize",
+    "check_seed",
     "default_device",
+    "load_checkpoint",
+    "resolve_device",
     "fit",
     "predict",
     "to_batch",
@@ -31,11 +36,71 @@ __all__ = [
 ]
 
 
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """The torch device named by ``spec``: None for CUDA when present, else the CPU; ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (or a ``torch.device`` of those). Every device of
+    dsquant is resolved here, so a bad one is refused before any work.
+
+    Raises:
+        ValueError: on any other name, or a device that is not available here.
+    """
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(spec).strip().lower()
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if m is None:
+        raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {str(spec)!r}")
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {text!r} requested but no CUDA device is available; use 'cpu'")
+        count = torch.cuda.device_count()
+        if m[2] is not None and int(m[2]) >= count:
+            raise ValueError(f"device: {text!r} requested but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    if m[1] == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {text!r} requested but no MPS device is available; use 'cpu'")
+    return torch.device(text)
+
+
+default_device = resolve_device  # the earlier name
+
+
+MAX_SEED = 2**32
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int, if it is an integer in [0, 2**32) (the range that numpy's and
+    torch's seeding both take).
+
+    Raises:
+        ValueError: naming ``name``, for anything else (negative, too large, not an integer).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < MAX_SEED:
+        raise ValueError(f"{name}: expected an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def load_checkpoint(path, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only.
+
+    Raises:
+        DataError: naming the file, if it is missing, not a torch file, or holds other objects
+            (refused by ``weights_only=True``, so nothing of it was loaded).
+    """
+    import pickle
+
+    from .data import DataError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what} file") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            raise DataError(f"{path}: holds objects other than tensors and plain containers (refused by torch.load(weights_only=True)), so it was not loaded") from None
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: cannot read as a torch {what} ({msg})") from None
 
 
 def set_threads() -> None:
@@ -176,12 +241,19 @@ def fit(
 
     Returns:
         The trained model, in eval mode.
+
+    Raises:
+        ValueError: if there are no training samples, images and labels differ in length, or
+            the seed or device is invalid.
     """
     from tqdm.auto import tqdm
 
-    device = default_device(device)
-    set_threads()
     n = len(labels)
+    if n == 0 or len(images) != n:
+        raise ValueError(f"fit: expected one label per image and at least one sample, got {len(images)} images and {n} labels")
+    check_seed(cfg.seed)
+    device = resolve_device(device)
+    set_threads()
     gen = torch.Generator().manual_seed(int(cfg.seed))
     model.to(device).to(memory_format=torch.channels_last)
     decay, no_decay = [], []
@@ -239,7 +311,7 @@ def predict(
     float32 when ``with_features`` (the model must have ``embed(x) -> (features, logits)``)."""
     from tqdm.auto import tqdm
 
-    device = default_device(device)
+    device = resolve_device(device)
     set_threads()
     model.to(device).eval()
     logits, feats = [], []

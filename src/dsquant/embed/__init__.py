@@ -47,45 +47,57 @@ def make_encoder(spec: str, **proxy_options) -> Encoder:
 
 def cached_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None, key: str):
     """The trained proxy model: the encoder's own if it trained in this process, else the one
-    cached under the embedding's ``key`` (None when neither exists)."""
+    cached under the embedding's ``key`` (None when neither exists, or the cached state does not
+    fit the proxy of this dataset)."""
     if encoder.model is not None:
         return encoder.model
     if cache is None:
         return None
-    arrays = cache.load("proxy", key)
-    if arrays is None:
-        return None
-    from .proxy import arrays_to_state
+    from .proxy import arrays_to_state, state_to_arrays
 
     model = encoder.build(dataset)
+    spec = {k: (v.dtype.kind, v.shape) for k, v in state_to_arrays(model).items()}
+    arrays = cache.load("proxy", key, spec, lambda a: a.keys() == spec.keys())
+    if arrays is None:
+        return None
     model.load_state_dict(arrays_to_state(arrays))
     encoder.model = model.eval()
     return encoder.model
 
 
+def _embedding_entry(n: int):
+    """What a cached embedding of ``n`` samples must hold: (expect, validate) of Cache.load."""
+    import json
+
+    def valid(a) -> bool:
+        json.loads(str(a["info"]))
+        if str(a["kind"]) == "features":
+            return True
+        delta = a.get("delta")
+        return str(a["kind"]) == "gradient" and delta is not None and delta.dtype.kind == "f" and delta.ndim == 2 and len(delta) == n
+
+    return {"features": ("f", (n, None)), "kind": ("U", 0), "info": ("U", 0)}, valid
+
+
 def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool = False) -> tuple[Embedding, dict]:
     """Embed ``dataset`` with ``encoder``, reusing a cached result for the same data and
-    configuration.
+    configuration (an entry that does not hold a valid embedding of it is computed again and
+    overwritten).
 
     Returns:
         (the embedding, a record: cache key, whether it was a cache hit, seconds spent).
     """
+    import json
+
     key = hash_key({"v": _EMBED_VERSION, "data": dataset.fingerprint(), "encoder": encoder.config()})
     t0 = time.perf_counter()
     if cache is not None:
-        hit = cache.load("embeddings", key)
-        if hit is not None and "features" in hit:
-            info = {}
-            if "info" in hit:
-                import json
-
-                info = json.loads(str(hit["info"]))
-            emb = Embedding(hit["features"], hit.get("delta"), str(hit["kind"]), info)
+        hit = cache.load("embeddings", key, *_embedding_entry(len(dataset)))
+        if hit is not None:
+            emb = Embedding(hit["features"], hit.get("delta"), str(hit["kind"]), json.loads(str(hit["info"])))
             return emb, {"key": key, "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
     emb = encoder.encode(dataset, progress=progress)
     if cache is not None:
-        import json
-
         arrays = dict(emb.arrays())
         arrays["features"] = np.asarray(arrays["features"])
         arrays["kind"] = np.array(emb.kind)

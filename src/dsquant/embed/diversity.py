@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import proxy_resnet
-from ..training import Normalize, default_device, lr_at, optimizer_step, set_threads, to_batch
+from ..models import check_width, proxy_resnet
+from ..training import Normalize, check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
 
 __all__ = ["random_resized_crop_flip", "two_view_embeddings", "SimCLREncoder", "nt_xent"]
 
@@ -75,9 +75,9 @@ def two_view_embeddings(
     """
     from tqdm.auto import tqdm
 
-    device = default_device(device)
+    device = resolve_device(device)
     set_threads()
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed))
     va, vb = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="diversity views", unit="batch", disable=not progress, leave=False):
         x = to_batch(images[start : start + batch_size], device, channels_last=False)
@@ -115,11 +115,18 @@ class SimCLREncoder:
         epochs: passes over (up to ``max_samples`` of) the images.
         max_samples: train on a random subset of at most this many images (CPU budget).
         width, batch_size, lr, temperature, seed, device: the usual.
+
+    Raises:
+        ValueError: naming the parameter, on a width outside [1, 1024], a seed outside
+            [0, 2**32) or an unusable device.
     """
 
     name = "simclr"
 
     def __init__(self, epochs: int = 2, max_samples: int = 20000, width: int = 32, batch_size: int = 256, lr: float = 0.3, temperature: float = 0.5, seed: int = 0, device=None) -> None:
+        check_width(width)
+        check_seed(seed)
+        resolve_device(device)
         self.epochs, self.max_samples, self.width = epochs, max_samples, width
         self.batch_size, self.lr, self.temperature, self.seed = batch_size, lr, temperature, seed
         self.device = device
@@ -132,7 +139,7 @@ class SimCLREncoder:
     def train(self, images: np.ndarray, n_classes_hint: int = 10, progress: bool = False) -> _Contrastive:
         from tqdm.auto import tqdm
 
-        device = default_device(self.device)
+        device = resolve_device(self.device)
         set_threads()
         h, w, c = images.shape[1:]
         mean, std = Normalize.stats(images)

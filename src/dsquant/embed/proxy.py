@@ -9,13 +9,14 @@ factorised last-layer gradient ``[delta, vec(delta e^T)]`` (ALGORITHMS.md sectio
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..models import proxy_resnet
-from ..training import Normalize, TrainConfig, default_device, fit, predict
+from ..models import check_width, proxy_resnet
+from ..training import Normalize, TrainConfig, check_seed, fit, load_checkpoint, predict, resolve_device
 from .base import Embedding
 
 __all__ = ["ProxyEncoder", "softmax_delta", "state_to_arrays", "arrays_to_state"]
@@ -46,13 +47,18 @@ class ProxyEncoder:
 
     Args:
         epochs: training epochs (default 5: about 5 minutes for CIFAR-10 on 2 CPU cores).
-        width: channels of the first stage (features are ``4 * width``-d).
+        width: channels of the first stage (features are ``4 * width``-d), at most
+            :data:`~dsquant.models.MAX_WIDTH` (1024).
         batch_size, lr: SGD batch size and peak learning rate (one-cycle schedule).
         seed: seeds initialisation, shuffling and augmentation.
         embedding: ``"gradient"`` (DQ's default) or ``"features"`` (penultimate features).
         checkpoint: a local ``state_dict`` (``.pt`` loaded with ``weights_only=True``, or
             ``.npz``) of this architecture to use instead of training.
         device: torch device (default CUDA when present).
+
+    Raises:
+        ValueError: naming the parameter, on a negative epoch count, a width outside [1, 1024],
+            a seed outside [0, 2**32), an unknown embedding or an unusable device.
     """
 
     name = "proxy"
@@ -72,6 +78,9 @@ class ProxyEncoder:
             raise ValueError(f"epochs: expected an integer >= 0, got {epochs}")
         if embedding not in ("gradient", "features"):
             raise ValueError(f"embedding: expected 'gradient' or 'features', got {embedding!r}")
+        check_width(width)
+        check_seed(seed)
+        resolve_device(device)
         self.epochs, self.width, self.batch_size, self.lr = epochs, width, batch_size, lr
         self.seed, self.embedding = seed, embedding
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -91,8 +100,13 @@ class ProxyEncoder:
             "train": self.train_config().to_dict(),
         }
         if self.checkpoint is not None:
-            st = self.checkpoint.stat()
-            cfg["checkpoint"] = {"path": str(self.checkpoint.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            from ..cache import file_digest
+            from ..data import DataError
+
+            try:  # by content: a checkpoint rewritten in place is a new one
+                cfg["checkpoint"] = {"sha256": file_digest(self.checkpoint)}
+            except OSError as exc:
+                raise DataError(f"{self.checkpoint}: cannot read the checkpoint ({exc.strerror or exc})") from None
             del cfg["train"]
         return cfg
 
@@ -105,7 +119,13 @@ class ProxyEncoder:
             return proxy_resnet(c, len(dataset.classes), min(h, w), self.width, mean, std)
 
     def load_checkpoint(self, model: torch.nn.Module) -> None:
-        from ..data import DataError, load_array
+        """Load ``self.checkpoint`` into ``model``.
+
+        Raises:
+            DataError: naming the file, if it is missing or unreadable, holds objects other than
+                tensors and plain containers, or is not a proxy of this dataset's shape.
+        """
+        from ..data import DataError
 
         path = self.checkpoint
         try:
@@ -113,14 +133,16 @@ class ProxyEncoder:
                 with np.load(path, allow_pickle=False) as z:
                     state = arrays_to_state({k: z[k] for k in z.files})
             else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_checkpoint(path, "proxy checkpoint")
                 if isinstance(state, dict) and "state_dict" in state:
                     state = state["state_dict"]
             model.load_state_dict(state)
         except FileNotFoundError:
             raise DataError(f"{path}: no such checkpoint file") from None
-        except (RuntimeError, ValueError, OSError, KeyError) as exc:
-            msg = str(exc).splitlines()[0]
+        except DataError:
+            raise
+        except (RuntimeError, ValueError, OSError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{path}: not a proxy checkpoint for this dataset ({msg})") from None
 
     def train(self, dataset, progress: bool = False) -> torch.nn.Module:
@@ -129,7 +151,7 @@ class ProxyEncoder:
         if self.checkpoint is not None:
             self.load_checkpoint(model)
         elif self.epochs > 0:
-            fit(model, dataset.images, dataset.labels, self.train_config(), default_device(self.device), progress, desc="train proxy")
+            fit(model, dataset.images, dataset.labels, self.train_config(), resolve_device(self.device), progress, desc="train proxy")
         self.model = model.eval()
         return self.model
 
@@ -138,7 +160,7 @@ class ProxyEncoder:
         t0 = time.perf_counter()
         model = self.model if self.model is not None else self.train(dataset, progress)
         t1 = time.perf_counter()
-        logits, feats = predict(model, dataset.images, device=default_device(self.device), progress=progress, desc="embed", with_features=True)
+        logits, feats = predict(model, dataset.images, device=resolve_device(self.device), progress=progress, desc="embed", with_features=True)
         t2 = time.perf_counter()
         accuracy = float((logits.argmax(1) == dataset.labels).mean())
         delta = softmax_delta(logits, dataset.labels)

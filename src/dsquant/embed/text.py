@@ -7,6 +7,7 @@ Nothing is downloaded unless you name a model that is not on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from .base import Embedding
 
-__all__ = ["SentenceEncoder", "resolve_model", "DEFAULT_TEXT_MODEL"]
+__all__ = ["SentenceEncoder", "resolve_model", "clean_text", "DEFAULT_TEXT_MODEL"]
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -39,6 +40,41 @@ def resolve_model(name: str) -> tuple[str, str]:
     return name, "sentence-transformers model name"
 
 
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate (not valid Unicode, which tokenizers refuse) replaced by
+    U+FFFD; surrogate pairs become the character they encode. Valid text is returned as is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence transformers' and huggingface_hub's progress bars ("Loading weights") and info
+    logs for the duration; their previous settings are restored afterwards."""
+    try:
+        import huggingface_hub.utils as hub
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    bars, hub_off, level = hf_logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # disables huggingface_hub's too
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub_off:
+            hub.disable_progress_bars()
+        elif hub.are_progress_bars_disabled():
+            hub.enable_progress_bars()
+
+
 class SentenceEncoder:
     """Embed texts with a sentence-transformers model (L2-normalised embeddings).
 
@@ -47,11 +83,17 @@ class SentenceEncoder:
         batch_size: texts per forward pass.
         max_seq_length: truncate texts to this many tokens (the model's default if None).
         device: torch device (default CUDA when present).
+
+    Raises:
+        ValueError: on an unusable device.
     """
 
     name = "sentence"
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 128, max_seq_length: int | None = None, device: str | None = None) -> None:
+        from ..training import resolve_device
+
+        resolve_device(device)
         self.model_name = model
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -62,12 +104,15 @@ class SentenceEncoder:
         path, how = resolve_model(self.model_name)
         cfg = {"encoder": self.name, "model": self.model_name, "resolved": how, "max_seq_length": self.max_seq_length}
         if how != "sentence-transformers model name":
+            from ..cache import file_digest
+
             weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
-            cfg["weights"] = [(w.name, w.stat().st_size) for w in weights]
+            cfg["weights"] = [(w.name, file_digest(w)) for w in weights]  # by content: fine-tuning keeps sizes
         return cfg
 
-    def load(self):
-        """The sentence-transformers model (loaded once).
+    def load(self, progress: bool = True):
+        """The sentence-transformers model (loaded once; without ``progress``, quietly: no
+        loading bar, no info logs).
 
         Raises:
             ImportError: if sentence-transformers is not installed (``pip install dsquant[text]``).
@@ -78,14 +123,15 @@ class SentenceEncoder:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise ImportError("text data needs sentence-transformers: pip install 'dsquant[text]'") from exc
-            from ..training import default_device, set_threads
+            from ..training import resolve_device, set_threads
 
             set_threads()
             path, how = resolve_model(self.model_name)
             if how != "sentence-transformers model name":
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
-                self._model = SentenceTransformer(path, device=str(default_device(self.device)))
+                with contextlib.nullcontext() if progress else _quiet_loading():
+                    self._model = SentenceTransformer(path, device=str(resolve_device(self.device)))
             except (OSError, ValueError) as exc:
                 raise ValueError(f"text model: cannot load {self.model_name!r} ({str(exc).splitlines()[0]})") from None
             if self.max_seq_length:
@@ -93,8 +139,10 @@ class SentenceEncoder:
         return self._model
 
     def encode_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """(N, d) float32 L2-normalised embeddings of ``texts``."""
-        model = self.load()
+        """(N, d) float32 L2-normalised embeddings of ``texts`` (lone surrogates replaced:
+        :func:`clean_text`)."""
+        model = self.load(progress)
+        texts = [clean_text(t) for t in texts]
         out = model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True)
         return np.asarray(out, dtype=np.float32)
 

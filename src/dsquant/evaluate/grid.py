@@ -1,9 +1,11 @@
 """``dsquant benchmark``: datasets x methods x keep ratios x architectures x seeds.
 
 Every finished cell is a row of a SQLite file (committed at once), so a rerun skips it and a
-killed run loses at most the cell in progress. Selections are stored too. The results are
-written as CSV, a Markdown table (mean +- std over seeds) and a PNG plot of accuracy against
-keep ratio, one panel per architecture.
+killed run loses at most the cell in progress. Selections are stored too. Cells are keyed by
+the dataset's content (its fingerprint), not its file name: another dataset of the same name,
+or the same one edited, runs its own cells, and the reports tell same-named datasets apart by
+fingerprint. The results are written as CSV, a Markdown table (mean +- std over seeds) and a
+PNG plot of accuracy against keep ratio, one panel per architecture.
 
 Methods: ``full`` (the whole training set), ``random`` (class-balanced random sampling, seeded
 like the others), ``dq`` and ``adq``. The proxy and the bins are computed once per dataset
@@ -13,6 +15,7 @@ like the others), ``dq`` and ``adq``. The proxy and the bins are computed once p
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sqlite3
@@ -27,15 +30,18 @@ from .harness import PRESETS, Preset, summarise, train_and_test
 
 __all__ = ["Grid", "run_grid", "write_reports"]
 
+# Cells are keyed by the dataset's fingerprint (a hash of the decoded train and test splits), so
+# two datasets of the same file name, or a dataset edited between runs, never share results;
+# ``dataset`` is the readable name the reports show.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    dataset TEXT, method TEXT, ratio REAL, arch TEXT, seed INTEGER, preset TEXT, options TEXT,
+    dataset TEXT, fingerprint TEXT, method TEXT, ratio REAL, arch TEXT, seed INTEGER, preset TEXT, options TEXT,
     accuracy REAL, n_train INTEGER, epochs INTEGER, batch_size INTEGER, seconds REAL, created TEXT,
-    PRIMARY KEY (dataset, method, ratio, arch, seed, preset, options)
+    PRIMARY KEY (fingerprint, method, ratio, arch, seed, preset, options)
 );
 CREATE TABLE IF NOT EXISTS selections (
-    dataset TEXT, method TEXT, ratio REAL, seed INTEGER, options TEXT, indices BLOB, seconds REAL,
-    PRIMARY KEY (dataset, method, ratio, seed, options)
+    dataset TEXT, fingerprint TEXT, method TEXT, ratio REAL, seed INTEGER, options TEXT, indices BLOB, seconds REAL,
+    PRIMARY KEY (fingerprint, method, ratio, seed, options)
 );
 """
 
@@ -74,10 +80,25 @@ def _method_options(method: str, options: str) -> str:
     return "{}" if method in ("full", "random") else options
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, log=print) -> sqlite3.Connection:
+    """Open (or create) the results database. Tables of an older dsquant, whose cells are keyed by
+    the dataset's file name only, are renamed ``<table>_legacy`` (kept, not deleted) and their
+    cells run again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(path))
+    for table in ("results", "selections"):
+        cols = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        if cols and "fingerprint" not in cols:
+            legacy = f"{table}_legacy"
+            n = 1
+            while con.execute("SELECT 1 FROM sqlite_master WHERE name=?", (legacy,)).fetchone():
+                n += 1
+                legacy = f"{table}_legacy{n}"
+            rows = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            con.execute(f"ALTER TABLE {table} RENAME TO {legacy}")
+            log(f"benchmark: {path}: {rows} {table} rows of an older dsquant (keyed by file name, not content) moved to table {legacy}; their cells run again")
     con.executescript(_SCHEMA)
+    con.commit()
     return con
 
 
@@ -85,10 +106,15 @@ def _name(dataset: str) -> str:
     return "digits" if dataset == "digits" else Path(dataset).name.split(".")[0]
 
 
-def _selection(con, grid: Grid, dataset: str, train, method: str, ratio: float, seed: int, cache_dir) -> np.ndarray:
-    key = (_name(dataset), method, ratio, seed, grid.options_key(method))
+def _fingerprint(train, test) -> str:
+    """What identifies a dataset's content: its train and test splits' fingerprints."""
+    return hashlib.blake2b(f"{train.fingerprint()}:{test.fingerprint()}".encode(), digest_size=16).hexdigest()
+
+
+def _selection(con, grid: Grid, dataset: str, fingerprint: str, train, method: str, ratio: float, seed: int, cache_dir) -> np.ndarray:
+    key = (fingerprint, method, ratio, seed, grid.options_key(method))
     row = con.execute(
-        "SELECT indices FROM selections WHERE dataset=? AND method=? AND ratio=? AND seed=? AND options=?", key
+        "SELECT indices FROM selections WHERE fingerprint=? AND method=? AND ratio=? AND seed=? AND options=?", key
     ).fetchone()
     if row is not None:
         return np.frombuffer(row[0], dtype=np.int64).copy()
@@ -104,13 +130,19 @@ def _selection(con, grid: Grid, dataset: str, train, method: str, ratio: float, 
             opts = {}
         res = compress(train, ratio=ratio, method=method, seed=seed, proxy_seed=seed_proxy, cache_dir=cache_dir, **opts)
         idx = res.indices
-    con.execute("INSERT OR REPLACE INTO selections VALUES (?,?,?,?,?,?,?)", (*key, idx.astype(np.int64).tobytes(), time.perf_counter() - t))
+    con.execute(
+        "INSERT OR REPLACE INTO selections (dataset, fingerprint, method, ratio, seed, options, indices, seconds) VALUES (?,?,?,?,?,?,?,?)",
+        (_name(dataset), *key, idx.astype(np.int64).tobytes(), time.perf_counter() - t),
+    )
     con.commit()
     return idx
 
 
 def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = True, cache_dir=None, log=print) -> Path:
     """Run every missing cell of ``grid``; results go to ``out/results.sqlite``.
+
+    Every dataset is read first (from the decoded-dataset cache when it is there) to key its
+    cells by content. A database of an older dsquant is migrated (see :func:`_connect`).
 
     Returns:
         The path of the SQLite file.
@@ -122,7 +154,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
 
     out = Path(out)
     db = out / "results.sqlite"
-    con = _connect(db)
+    con = _connect(db, log)
     preset: Preset = PRESETS[grid.preset]
     archs = grid.archs or list(preset.archs)
     for a in archs:
@@ -130,34 +162,35 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
     for m in grid.methods:
         if m not in ("full", "random", "dq", "adq"):
             raise ValueError(f"methods: unknown method {m!r}; expected full, random, dq or adq")
-    cells = []
-    for ds in grid.datasets:
-        for method in grid.methods:
-            ratios = [1.0] if method == "full" else grid.ratios
-            for ratio in ratios:
-                for seed in grid.seeds:
-                    for arch in archs:
-                        cells.append((ds, method, float(ratio), seed, arch))
     done = {
         tuple(r[:5])
-        for r in con.execute("SELECT dataset, method, ratio, seed, arch, options FROM results WHERE preset=?", (grid.preset,))
+        for r in con.execute("SELECT fingerprint, method, ratio, seed, arch, options FROM results WHERE preset=?", (grid.preset,))
         if r[5] == grid.options_key(r[1])
     }
-    todo = [c for c in cells if (_name(c[0]), *c[1:]) not in done]
-    log(f"benchmark: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {db}")
     cache = Cache(cache_dir)
-    splits: dict[str, tuple] = {}
+    splits: dict[str, tuple] = {}  # dataset -> (fingerprint, train, test), for those with cells to run
+    cells, todo = 0, []
+    for ds in grid.datasets:
+        train, test = read_dataset(ds, "train", cache=cache), read_dataset(ds, "test", cache=cache)
+        fp = _fingerprint(train, test)
+        for method in grid.methods:
+            for ratio in [1.0] if method == "full" else grid.ratios:
+                for seed in grid.seeds:
+                    for arch in archs:
+                        cells += 1
+                        if (fp, method, float(ratio), seed, arch) not in done:
+                            todo.append((ds, method, float(ratio), seed, arch))
+                            splits[ds] = (fp, train, test)
+    log(f"benchmark: {cells} cells, {cells - len(todo)} already done, {len(todo)} to run -> {db}")
     bar = tqdm(total=len(todo), desc="benchmark", unit="cell", disable=not progress)
     for ds, method, ratio, seed, arch in todo:
-        if ds not in splits:
-            splits[ds] = (read_dataset(ds, "train", cache=cache), read_dataset(ds, "test", cache=cache))
-        train, test = splits[ds]
+        fp, train, test = splits[ds]
         bar.set_postfix_str(f"{_name(ds)} {method} {ratio:g} {arch} s{seed}")
-        idx = _selection(con, grid, ds, train, method, ratio, seed, cache_dir)
+        idx = _selection(con, grid, ds, fp, train, method, ratio, seed, cache_dir)
         r = train_and_test(train, idx, test, arch, preset, seed, len(idx) / len(train), device)
         con.execute(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (_name(ds), method, ratio, arch, seed, grid.preset, grid.options_key(method), r["accuracy"], r["n_train"], r["epochs"], r["batch_size"], r["seconds"], time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "INSERT OR REPLACE INTO results (dataset, fingerprint, method, ratio, arch, seed, preset, options, accuracy, n_train, epochs, batch_size, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (_name(ds), fp, method, ratio, arch, seed, grid.preset, grid.options_key(method), r["accuracy"], r["n_train"], r["epochs"], r["batch_size"], r["seconds"], time.strftime("%Y-%m-%dT%H:%M:%S")),
         )
         con.commit()
         bar.update(1)
@@ -180,6 +213,13 @@ def _rows(db: Path, preset: str | None = None, options: str | None = None) -> li
     con.close()
     if options is not None:
         rows = [r for r in rows if r["options"] == _method_options(r["method"], options)]
+    # datasets of the same name but different content (other folders, or edited) are told apart
+    versions: dict[str, set] = {}
+    for r in rows:
+        versions.setdefault(r["dataset"], set()).add(r.get("fingerprint"))
+    for r in rows:
+        if len(versions[r["dataset"]]) > 1:
+            r["dataset"] = f"{r['dataset']} [{str(r.get('fingerprint'))[:8]}]"
     return rows
 
 
@@ -195,7 +235,7 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
     rows = _rows(db, preset, options)
     paths = {}
     csv_path = out / "results.csv"
-    cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options"]
+    cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options", "fingerprint"]
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

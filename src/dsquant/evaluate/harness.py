@@ -131,19 +131,25 @@ def train_and_test(
         the last epoch).
 
     Raises:
-        ValueError: on an unknown architecture or preset, mismatched classes or image shapes.
+        ValueError: on an unknown architecture or preset, mismatched classes or image shapes,
+            empty or out-of-range indices, or an invalid seed or device.
     """
     import torch
 
-    from ..training import Normalize, TrainConfig, fit, predict
+    from ..torch_data import check_indices
+    from ..training import Normalize, TrainConfig, check_seed, fit, predict, resolve_device
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     spec = get_architecture(arch)
+    check_seed(seed)
+    resolve_device(device)
     if train.classes != test.classes:
         raise ValueError(f"test: classes {test.classes[:5]}... differ from the training set's {train.classes[:5]}...")
     if train.image_shape != test.image_shape:
         raise ValueError(f"test: images {test.image_shape} differ from the training set's {train.image_shape}")
-    indices = np.asarray(indices, dtype=np.int64)
+    indices = check_indices(indices, len(train))
+    if len(indices) == 0:
+        raise ValueError("indices: the training subset is empty (0 samples); nothing to train on")
     n = len(indices)
     keep = keep_ratio if keep_ratio is not None else n / len(train)
     x, y = train.images[indices], train.labels[indices]
@@ -208,23 +214,28 @@ def evaluate_output(
         ``{"runs": [per (arch, seed) records], "summary": [per arch mean/std], "preset": ...}``.
 
     Raises:
-        ValueError: if the source has no test split and ``test_data`` is not given, or the
+        ValueError: naming ``out_dir``, if the compressed set is empty or its indices do not fit
+            the dataset, the source has no test split and ``test_data`` is not given, or the
             dataset does not match the manifest.
     """
     from ..artifact import read_output
     from ..cache import Cache
     from ..data import DataError
     from ..pipeline import read_dataset
+    from ..torch_data import check_indices
 
     res = read_output(out_dir)
     info = res.manifest["dataset"]
     if info.get("kind") != "images":
         raise ValueError(f"{out_dir}: evaluation trains image models; this run compressed {info.get('kind')} data")
+    if len(res.indices) == 0:
+        raise ValueError(f"{out_dir}: the compressed set is empty (0 training samples); nothing to evaluate (compress with a larger keep ratio)")
     cache = Cache()
     image_size = res.manifest["parameters"].get("image_size")
     train = read_dataset(info["source"], split=info.get("split") or "train", image_size=image_size, cache=cache)
     if train.fingerprint() != info["fingerprint"]:
         raise ValueError(f"{out_dir}: {info['source']} has changed since it was compressed (fingerprint mismatch)")
+    check_indices(res.indices, len(train), f"{out_dir}: indices")
     try:
         test = read_dataset(test_data or info["source"], split="test", image_size=image_size, cache=cache)
     except DataError as exc:

@@ -67,9 +67,9 @@ def gradcam_plusplus(
     """
     from tqdm.auto import tqdm
 
-    from ..training import default_device, to_batch
+    from ..training import resolve_device, to_batch
 
-    device = default_device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     layer = target_layer if target_layer is not None else default_target_layer(model)
     store: dict = {}

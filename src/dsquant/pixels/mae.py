@@ -247,32 +247,40 @@ def load_mae(path: str | Path, arch: str | None = None, map_location: str = "cpu
     (``{"model": state_dict, "config": {...}}``).
 
     Raises:
+        DataError: naming the file, if it is missing or unreadable, or holds objects other than
+            tensors and plain containers (refused by ``weights_only=True``, not loaded).
         ValueError: if the file holds no decoder (an encoder-only pretrain checkpoint) or does
             not match a known layout.
     """
+    from ..training import load_checkpoint
+
     path = Path(path)
+    ckpt = load_checkpoint(path, "MAE checkpoint", map_location)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such MAE checkpoint") from None
-    except Exception as exc:  # unreadable, or unsafe pickle content refused by weights_only
-        raise ValueError(f"{path}: cannot load as a MAE checkpoint ({str(exc).splitlines()[0]})") from None
+        return _mae_from_checkpoint(ckpt, arch)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, AssertionError) as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path}: {msg}" if isinstance(exc, ValueError) else f"{path}: not a usable MAE checkpoint ({msg})") from None
+
+
+def _mae_from_checkpoint(ckpt, arch: str | None) -> MaskedAutoencoderViT:
+    """The model of a loaded checkpoint (see :func:`load_mae`); ValueError says what is wrong."""
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "patch_embed.proj.weight" not in state:
-        raise ValueError(f"{path}: not a MAE checkpoint (no patch_embed.proj.weight)")
+        raise ValueError("not a MAE checkpoint (no patch_embed.proj.weight)")
     if "decoder_pred.weight" not in state:
-        raise ValueError(f"{path}: holds the encoder only (an official mae_pretrain_* file?); reconstruction needs the decoder: use a *_full or mae_visualize_* checkpoint")
+        raise ValueError("holds the encoder only (an official mae_pretrain_* file?); reconstruction needs the decoder: use a *_full or mae_visualize_* checkpoint")
     if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
         config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
     else:
         dim = state["patch_embed.proj.weight"].shape[0]
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()), default=-1)
         name = arch or {768: "vit_base_patch16", 1024: "vit_large_patch16"}.get(dim)
         if name not in OFFICIAL_CONFIGS or OFFICIAL_CONFIGS[name].depth != depth:
-            raise ValueError(f"{path}: unknown MAE layout (embed dim {dim}, depth {depth})")
+            raise ValueError(f"unknown MAE layout (embed dim {dim}, depth {depth})")
         config = OFFICIAL_CONFIGS[name]
     model = MaskedAutoencoderViT(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: state_dict does not match the MAE layout (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(f"state_dict does not match the MAE layout (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval()

@@ -52,9 +52,9 @@ class MAEReconstructor:
     """
 
     def __init__(self, model: MaskedAutoencoderViT, batch_size: int = 64, device=None, name: str = "mae") -> None:
-        from ..training import default_device
+        from ..training import resolve_device
 
-        self.device = default_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.name = name

@@ -7,15 +7,40 @@ mask is exactly the dropped patches.
 
 from __future__ import annotations
 
+import json
+import numbers
 import time
 
 import numpy as np
 import torch
 
-from ..training import Normalize, default_device, lr_at, optimizer_step, set_threads, to_batch
+from ..training import Normalize, check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
 from .mae import MAEConfig, MaskedAutoencoderViT
 
-__all__ = ["tiny_mae_config", "train_tiny_mae", "random_keep"]
+__all__ = ["tiny_mae_config", "train_tiny_mae", "random_keep", "check_mask_ratio", "save_mae", "mae_to_arrays", "mae_from_arrays", "MAE_ENTRY"]
+
+
+def check_mask_ratio(mask_ratio, n_patches: int | None = None) -> int | None:
+    """Validate the training mask ratio: a number in (0, 1); with ``n_patches`` (the patch grid
+    of the images), it must also mask at least one patch (at least one always stays visible:
+    the count masked is ``round(mask_ratio * n_patches)``, at most ``n_patches - 1``).
+
+    Returns:
+        The number of patches masked per image (None without ``n_patches``).
+
+    Raises:
+        ValueError: naming mask_ratio and the value, otherwise.
+    """
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not 0.0 < float(mask_ratio) < 1.0:
+        raise ValueError(f"mask_ratio: expected a number in (0, 1), got {mask_ratio!r}")
+    if n_patches is None:
+        return None
+    masked = min(n_patches - 1, int(round(mask_ratio * n_patches)))
+    if masked < 1:
+        if n_patches < 2:
+            raise ValueError("mask_ratio: the images hold a single patch, so none can be masked; use a smaller patch")
+        raise ValueError(f"mask_ratio: {mask_ratio!r} masks no patch of the {n_patches} patches per image; expected more than {0.5 / n_patches:.3g}")
+    return masked
 
 
 def tiny_mae_config(image_shape: tuple[int, int, int], patch: int, mean, std, dim: int = 128, depth: int = 4, decoder_dim: int = 96, decoder_depth: int = 2) -> MAEConfig:
@@ -58,19 +83,28 @@ def train_tiny_mae(
         images: (N, H, W, C) uint8, square.
         patch: patch size (must divide H).
         epochs: passes over (up to ``max_samples`` of) the images.
-        mask_ratio: fraction of patches masked in training.
-        seed: seeds initialisation, sampling, masks and flips.
+        mask_ratio: fraction of patches masked in training, in (0, 1), masking at least one
+            patch of the grid (:func:`check_mask_ratio`).
+        seed: seeds initialisation, sampling, masks and flips, in [0, 2**32).
         arch: overrides of :func:`tiny_mae_config` (dim, depth, decoder_dim, decoder_depth).
 
     Returns:
         (the model in eval mode, training info: seconds, first and last loss).
+
+    Raises:
+        ValueError: naming the parameter, on a mask ratio, seed or device that is not usable,
+            or images that are not square.
     """
     from tqdm.auto import tqdm
 
-    device = default_device(device)
+    check_mask_ratio(mask_ratio)
+    check_seed(seed)
+    device = resolve_device(device)
     set_threads()
     mean, std = Normalize.stats(images)
     config = tiny_mae_config(images.shape[1:], patch, mean, std, **arch)
+    n_patches = config.grid**2
+    keep = n_patches - check_mask_ratio(mask_ratio, n_patches)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MaskedAutoencoderViT(config)
@@ -80,8 +114,6 @@ def train_tiny_mae(
     pool = torch.randperm(n, generator=gen).numpy()[: min(n, max_samples or n)]
     steps_per_epoch = max(1, len(pool) // batch_size)
     total = epochs * steps_per_epoch
-    n_patches = config.grid**2
-    keep = max(1, n_patches - int(round(mask_ratio * n_patches)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     losses = []
     t0 = time.perf_counter()
@@ -130,3 +162,28 @@ def save_mae(model: MaskedAutoencoderViT, path, info: dict | None = None) -> Non
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# what a cached tiny MAE holds besides its state_dict (Cache.load's ``expect``)
+MAE_ENTRY = {"__config__": ("U", 0), "__info__": ("U", 0)}
+
+
+def mae_to_arrays(model: MaskedAutoencoderViT, info: dict) -> dict[str, np.ndarray]:
+    """A tiny MAE as arrays for the cache: its state_dict, config and training info."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return {**state, "__config__": np.array(json.dumps(cfg)), "__info__": np.array(json.dumps(info))}
+
+
+def mae_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[MaskedAutoencoderViT, dict] | None:
+    """(model in eval mode, info) from :func:`mae_to_arrays`'s arrays, or None when they do not
+    hold a loadable model (an unknown config, missing or misshapen weights)."""
+    try:
+        arrays = dict(arrays)
+        config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(arrays.pop("__config__"))).items()})
+        info = json.loads(str(arrays.pop("__info__")))
+        model = MaskedAutoencoderViT(config)
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError, ZeroDivisionError):
+        return None
+    return (model.eval(), info) if isinstance(info, dict) else None

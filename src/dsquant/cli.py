@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,42 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**32) (numpy's and torch's range), got {value}")
+    return value
+
+
+def _unit_interval(lo_open: bool, hi_open: bool, what: str):
+    """An argparse type: a finite number in [0, 1] with the given open ends."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = (0.0 < value if lo_open else 0.0 <= value) and (value < 1.0 if hi_open else value <= 1.0)
+        if not ok:  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    from .training import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _default_out(data: str, method: str, ratio: float) -> str:
     stem = "digits" if data == "digits" else Path(data).name.split(".")[0] or "data"
     return str(Path("runs") / f"{stem}-{method}-{ratio:g}")
@@ -68,23 +105,23 @@ def _add_compress(sub) -> None:
     p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
     p.add_argument("--width", type=_positive_int, default=32, help="proxy width (default 32)")
     p.add_argument("--proxy-checkpoint", help="a local state_dict of the proxy to use instead of training")
-    p.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
-    p.add_argument("--alpha", type=float, default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of training and sampling, in [0, 2**32) (default 0)")
+    p.add_argument("--alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")
     p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")
     p.add_argument("--rep", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")
     p.add_argument("--labels", help="labels .npy for a .npy feature matrix")
     p.add_argument("--split", default="train", help="split to compress (default train)")
     p.add_argument("--image-size", type=_positive_int, help="resize and centre-crop images to this size")
     p.add_argument("--export", choices=["imagefolder", "npz"], help="also write the subset itself")
-    p.add_argument("--drop-ratio", type=float, help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")
+    p.add_argument("--drop-ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")
     p.add_argument("--patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")
     p.add_argument("--reconstructor", default="inpaint", help="what rebuilds dropped patches at load time: inpaint (default), tiny-mae (trained on the data now), or mae:PATH (a local MAE checkpoint)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory of an earlier dsquant run (never anything else)")
     p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="precision of the similarity rows in bin generation (the bins are the exact greedy's either way; float32 is faster)")
     p.add_argument("--block-size", type=_positive_int, help="similarity rows held per class (default: as many as fit in 2 GiB)")
     p.add_argument("--cache-dir", help="cache of decoded datasets and embeddings (default ~/.cache/dsquant or $DSQUANT_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--device", help="torch device for the proxy (default: cuda if available)")
+    p.add_argument("--device", type=_device, help="torch device for the proxy (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -106,9 +143,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("dir", help="output directory of 'dsquant compress'")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="training protocol: cpu (default, 2 cores) or paper (ResNet-18, 200 epochs; for a GPU)")
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--test", help="the test set, if the dataset has no 'test' split")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--unmodified", action="store_true", help="with pixel quantization: train on the selected images as they were (no patches dropped)")
     p.add_argument("--reconstructor", help="with pixel quantization: override the run's reconstructor")
@@ -128,16 +165,16 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--methods", nargs="+", default=["random", "dq", "adq"], choices=["full", "random", "dq", "adq"])
     p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.01, 0.05, 0.1, 0.2])
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--out", required=True, help="directory of the results")
     p.add_argument("--bins", type=_positive_int, default=10, help="bins K of dq/adq (default 10)")
     p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
     p.add_argument("--embedding", choices=["gradient", "features"], default="gradient")
-    p.add_argument("--alpha", type=float, help="ADQ alpha (default: compress's)")
+    p.add_argument("--alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), help="ADQ alpha (default: compress's)")
     p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], help="ADQ diversity encoder (default: compress's)")
     p.add_argument("--title", default="", help="title of the report and plot")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -151,8 +188,22 @@ def _cmd_evaluate(args) -> int:
         per = [f"{100 * r['accuracy']:.2f}" for r in res["runs"] if r["arch"] == s["arch"]]
         print(f"  {s['arch']:<16} {100 * s['mean']:>12.2f} ± {100 * s['std']:<5.2f}  {' '.join(per)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        _write_json(Path(args.json), res)
     return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _cmd_benchmark(args) -> int:
@@ -180,9 +231,10 @@ def _add_export(sub) -> None:
     )
     p.add_argument("dir", help="output directory of 'dsquant compress'")
     p.add_argument("--format", choices=["imagefolder", "npz"], default="npz")
-    p.add_argument("--dest", help="where to write (default DIR/export or DIR/export.npz)")
+    p.add_argument("--dest", help="where to write (default DIR/export or DIR/export.npz); must not exist")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export that dsquant wrote (never anything else)")
     p.add_argument("--reconstructor", help="override the run's reconstructor (inpaint, mae:PATH, tiny-mae:PATH)")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -198,56 +250,55 @@ def _add_train_mae(sub) -> None:
     p.add_argument("--patch", type=_positive_int, help="patch size (default: the compress default for this image size)")
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--max-samples", type=_positive_int, help="train on at most this many images")
-    p.add_argument("--mask-ratio", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    p.add_argument("--mask-ratio", type=_unit_interval(True, True, "a mask ratio in (0, 1)"), default=0.4, help="fraction of patches masked in training (default 0.4)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint that dsquant wrote")
+    p.add_argument("--device", type=_device)
     p.add_argument("--quiet", action="store_true")
 
 
 def _cmd_export(args) -> int:
-    from PIL import Image
-
-    from .artifact import _safe_name, atomic_dir, read_output
-    from .pipeline import read_dataset
+    from .artifact import AtomicOutput, is_export_dir, is_export_npz, read_output, write_images
+    from .cache import Cache
 
     res = read_output(args.dir)
     m = res.manifest
+    kind = m["dataset"].get("kind")
+    if kind != "images":
+        raise ValueError(f"{args.dir}: export writes images; this run compressed {kind} data (see subset.jsonl or indices.npy)")
+    npz = args.format == "npz"
+    dest = Path(args.dest or Path(args.dir) / ("export.npz" if npz else "export"))
     progress = not args.quiet and sys.stderr.isatty()
-    if m.get("pixels"):
-        from .pixels import load_reconstructed
+    # the destination is checked (and locked) before the images are read or rebuilt
+    with AtomicOutput(dest, overwrite=args.overwrite, protect=[m["dataset"]["source"]], keep=[args.dir], recognise=is_export_npz if npz else is_export_dir, what="an export", is_file=npz) as w:
+        if m.get("pixels"):
+            from .pixels import load_reconstructed
 
-        images, store = load_reconstructed(args.dir, args.reconstructor, args.device, progress)
-        indices, labels, classes = store.indices, store.labels, store.classes
-        order = np.argsort(indices, kind="stable")  # the original index order
-        images, indices, labels = images[order], indices[order], labels[order]
-        what = f"reconstructed ({args.reconstructor or m['pixels']['reconstructor']})"
-    else:
-        ds = read_dataset(m["dataset"]["source"], split=m["dataset"].get("split") or "train", image_size=m["parameters"].get("image_size"))
-        if getattr(ds, "kind", "") != "images":
-            raise ValueError(f"{args.dir}: export writes images; this run compressed {ds.kind} data (see subset.jsonl or indices.npy)")
-        indices = res.indices
-        images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
-        what = "unmodified"
-    if args.format == "npz":
-        dest = Path(args.dest or Path(args.dir) / "export.npz")
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels, indices=indices, classes=np.array(classes))
-        import os
-
-        os.replace(tmp, dest)
-    else:
-        dest = Path(args.dest or Path(args.dir) / "export")
-
-        def fill(tmp: Path) -> None:
-            for img, lab, idx in zip(images, labels, indices):
-                folder = tmp / _safe_name(classes[int(lab)])
-                folder.mkdir(exist_ok=True)
-                Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{int(idx):07d}.png")
-
-        atomic_dir(dest, fill, overwrite=True)
+            images, store = load_reconstructed(args.dir, args.reconstructor, args.device, progress)
+            indices, labels, classes = store.indices, store.labels, store.classes
+            order = np.argsort(indices, kind="stable")  # the original index order
+            images, indices, labels = images[order], indices[order], labels[order]
+            what = f"reconstructed ({args.reconstructor or m['pixels']['reconstructor']})"
+        else:
+            ds = res.open_dataset(cache=Cache(), progress=progress)  # verifies the fingerprint
+            indices = res.indices
+            images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
+            what = "unmodified"
+        write_images(w.tmp, args.format, images, labels, indices, list(classes))
+        w.commit()
     print(f"dsquant export: {len(indices)} {what} images -> {dest}")
     return 0
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A file ``torch.save`` wrote (a zip archive with a ``data.pkl`` member)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _cmd_train_mae(args) -> int:
@@ -256,12 +307,16 @@ def _cmd_train_mae(args) -> int:
     from .pixels import default_patch
     from .pixels.train_mae import save_mae, train_tiny_mae
 
-    ds = read_dataset(args.data, cache=Cache())
-    if getattr(ds, "kind", "") != "images":
-        raise ValueError(f"{args.data}: train-mae needs images")
-    patch = args.patch or default_patch(ds.image_shape)
-    model, info = train_tiny_mae(ds.images, patch, epochs=args.epochs, mask_ratio=args.mask_ratio, max_samples=args.max_samples, seed=args.seed, device=args.device, progress=not args.quiet and sys.stderr.isatty())
-    save_mae(model, args.out, info)
+    from .artifact import AtomicOutput
+
+    with AtomicOutput(args.out, overwrite=args.overwrite, protect=[args.data], recognise=_is_checkpoint, what="a checkpoint", is_file=True) as w:
+        ds = read_dataset(args.data, cache=Cache())
+        if getattr(ds, "kind", "") != "images":
+            raise ValueError(f"{args.data}: train-mae needs images")
+        patch = args.patch or default_patch(ds.image_shape)
+        model, info = train_tiny_mae(ds.images, patch, epochs=args.epochs, mask_ratio=args.mask_ratio, max_samples=args.max_samples, seed=args.seed, device=args.device, progress=not args.quiet and sys.stderr.isatty())
+        save_mae(model, w.tmp, info)
+        w.commit()
     print(f"dsquant train-mae: {info['train_samples']} images x {args.epochs} epochs in {_fmt_seconds(info['seconds'])}; "
           f"loss {info['first_loss']} -> {info['last_loss']}; wrote {args.out}")
     return 0
@@ -404,18 +459,37 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (already reported)
         return int(exc.code or 0)
-    from .data import DataError
-
+    command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark, "export": _cmd_export, "train-mae": _cmd_train_mae}
     try:
-        command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark, "export": _cmd_export, "train-mae": _cmd_train_mae}
         return command[args.command](args)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError, PermissionError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"dsquant: error: {msg}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `dsquant info DIR | head -1`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("dsquant: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except (ValueError, OSError, MemoryError, RecursionError) as exc:  # DataError is a ValueError
+        if os.environ.get("DSQUANT_DEBUG"):
+            raise
+        print(f"dsquant: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("DSQUANT_DEBUG"):
+            raise
+        print(f"dsquant: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with DSQUANT_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error, with OS errors as 'path: reason'."""
+    if isinstance(exc, MemoryError):
+        return "out of memory" + (f" ({exc})" if str(exc) else "") + "; try a smaller dataset, --block-size or fewer workers"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply to read ({exc})"
+    if isinstance(exc, OSError) and exc.strerror:  # raised by the system, not by dsquant
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ from . import __version__
 from .cache import Cache, hash_key
 from .core.bins import generate_bins
 from .core.sampling import budget, check_ratio, sample_uniform
+from .artifact import AtomicOutput, check_export, fill_output
 from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, load_dataset
 
 __all__ = ["CompressResult", "compress", "read_dataset", "METHODS"]
 
 METHODS = ("dq", "adq", "random")
-_READ_VERSION = 1
+_READ_VERSION = 2  # 2: 16-bit and float images scaled, empty classes refused (issue 11)
 
 
 @dataclass
@@ -48,22 +49,18 @@ class CompressResult:
 
 
 def _source_signature(path: Path) -> dict:
-    """What identifies a dataset file or directory on disk without reading it all."""
-    if path.is_dir():
-        h, count, size = 0, 0, 0
-        import hashlib
+    """What identifies a dataset file or directory on disk: a hash of its content (for a
+    directory, of every file's relative path and bytes), so an edited file is seen whatever its
+    size and modification time. About 0.1 s per 100 MB, well under the decoding.
 
-        digest = hashlib.blake2b(digest_size=16)
-        for dirpath, dirs, files in os.walk(path):
-            dirs.sort()
-            for f in sorted(files):
-                st = os.stat(os.path.join(dirpath, f))
-                digest.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns};".encode())
-                count += 1
-                size += st.st_size
-        return {"dir": str(path.resolve()), "files": count, "bytes": size, "digest": digest.hexdigest()}
-    st = path.stat()
-    return {"file": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    Raises:
+        OSError: if a file cannot be read.
+    """
+    from .cache import file_digest, tree_digest
+
+    if path.is_dir():
+        return {"dir_sha256": tree_digest(path)}
+    return {"file_sha256": file_digest(path)}
 
 
 def read_dataset(
@@ -77,17 +74,30 @@ def read_dataset(
     group_by: str | None = None,
 ):
     """Read ``data`` (a path, ``"digits"``, or a dataset object). Decoded image archives and
-    folders are cached (keyed by the files' size and modification time), so a second run skips
-    the decoding."""
+    folders are cached (keyed by a hash of the files' content), so a second run skips the
+    decoding; a cache entry that does not hold a valid dataset is decoded again and overwritten.
+
+    Raises:
+        DataError: if the dataset is missing, unreadable or malformed.
+    """
     if isinstance(data, (ImageDataset, FeatureDataset, TextDataset)) or hasattr(data, "fingerprint"):
         return data
     fmt = detect_format(data)
     if cache is None or fmt not in ("tar", "imagefolder", "cifar"):
         return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress, template=template, group_by=group_by)
-    key = hash_key({"v": _READ_VERSION, "src": _source_signature(Path(data)), "split": split, "size": image_size})
-    hit = cache.load("datasets", key)
+    try:
+        src = _source_signature(Path(data))
+    except OSError:  # unreadable: the reader says which file and why
+        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
+    key = hash_key({"v": _READ_VERSION, "src": src, "format": fmt, "split": split, "size": image_size})
+    expect = {"images": ("u", 4), "labels": ("iu", 1), "classes": ("U", 1), "split": ("U", 0)}
+    sized = lambda a: image_size is None or a["images"].shape[1:3] == (image_size, image_size)  # noqa: E731
+    hit = cache.load("datasets", key, expect, sized)
     if hit is not None:
-        return ImageDataset(hit["images"], hit["labels"], [str(c) for c in hit["classes"]], str(data), str(hit["split"]))
+        try:
+            return ImageDataset(hit["images"], hit["labels"], [str(c) for c in hit["classes"]], str(data), str(hit["split"]))
+        except DataError:
+            pass  # not a valid dataset (labels out of range, ...): decode again, overwrite it
     ds = load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
     cache.save("datasets", key, {"images": ds.images, "labels": ds.labels, "classes": np.array(ds.classes), "split": np.array(ds.split)})
     return ds
@@ -182,28 +192,20 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
 
 
 def _tiny_mae(dataset, patch, cache, seed, device, progress, options):
-    """A tiny MAE trained on the dataset (cached by data and settings)."""
-    import json
-
-    import torch
-
-    from .embed.proxy import arrays_to_state, state_to_arrays
-    from .pixels.mae import MAEConfig, MaskedAutoencoderViT
-    from .pixels.train_mae import train_tiny_mae
+    """A tiny MAE trained on the dataset (cached by data and settings; an entry that does not
+    hold a loadable model is trained again and overwritten)."""
+    from .pixels.train_mae import MAE_ENTRY, mae_from_arrays, mae_to_arrays, train_tiny_mae
 
     settings = {"patch": patch, "seed": seed, **options}
     key = hash_key({"v": 1, "data": dataset.fingerprint(), "tiny_mae": settings})
-    hit = cache.load("mae", key) if cache is not None else None
-    if hit is not None:
-        config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(hit.pop("__config__"))).items()})
-        info = json.loads(str(hit.pop("__info__")))
-        model = MaskedAutoencoderViT(config)
-        model.load_state_dict(arrays_to_state(hit))
-        return model.eval(), {**info, "cached": True}
+    hit = cache.load("mae", key, MAE_ENTRY) if cache is not None else None
+    loaded = mae_from_arrays(hit) if hit is not None else None
+    if loaded is not None:
+        model, info = loaded
+        return model, {**info, "cached": True}
     model, info = train_tiny_mae(dataset.images, patch, seed=seed, device=device, progress=progress, **options)
     if cache is not None:
-        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
-        cache.save("mae", key, {**state_to_arrays(model), "__config__": np.array(json.dumps(cfg)), "__info__": np.array(json.dumps(info))})
+        cache.save("mae", key, mae_to_arrays(model, info))
     return model, {**info, "cached": False}
 
 
@@ -239,6 +241,30 @@ def _counts_table(bins: list[np.ndarray], indices: np.ndarray, labels: np.ndarra
             row["selected_per_class"] = np.bincount(labels[b][chosen[b]], minlength=n_classes).tolist()
         rows.append(row)
     return rows
+
+
+def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor) -> list:
+    """Every input path of a run: all must exist before the work starts (and no output may
+    replace or lie inside one of them).
+
+    Raises:
+        DataError: naming the first missing file and the option it came from.
+    """
+    named = [("DATA", data if isinstance(data, (str, os.PathLike)) and str(data) != "digits" else None), ("labels", labels), ("proxy checkpoint", proxy_checkpoint)]
+    if isinstance(encoder, str) and encoder.startswith("features:"):
+        named.append(("encoder", encoder.split(":", 1)[1]))
+    if isinstance(representativeness, (str, os.PathLike)) and str(representativeness) not in ("texture", "embedding"):
+        named.append(("representativeness", representativeness))
+    if isinstance(reconstructor, str) and reconstructor.startswith(("mae:", "tiny-mae:")):
+        named.append(("reconstructor", reconstructor.split(":", 1)[1]))
+    paths = []
+    for what, path in named:
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            continue
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such file or directory ({what})")
+        paths.append(path)
+    return paths
 
 
 def _check_bins_fit(labels: np.ndarray | None, n: int, n_bins: int, classes: list[str]) -> None:
@@ -354,8 +380,13 @@ def compress(
     Raises:
         ValueError: on a bad argument (ratio outside (0, 1], bins < 1 or more bins than samples
             in a class, unknown method or encoder, NaN/inf features) - before any heavy work.
-        DataError: on a missing, corrupt or inconsistent dataset or features file.
-        FileExistsError: if ``out`` exists and ``overwrite`` is False.
+        DataError: on a missing, corrupt or inconsistent dataset or features file, or a
+            missing referenced file (labels, checkpoint, scores) - before any heavy work.
+        FileExistsError: if ``out`` exists and ``overwrite`` is False, or another run is
+            writing it.
+        ValueError: if ``out`` may not be replaced even with ``overwrite`` (not a dsquant
+            output, a file, a link, or a path holding an input or the working directory; see
+            :class:`dsquant.artifact.AtomicOutput`), or the keep ratio rounds to no sample.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -379,162 +410,170 @@ def compress(
             raise ValueError(f"reconstructor: expected 'inpaint', 'tiny-mae' or 'mae:PATH', got {reconstructor!r}")
     if export not in (None, "imagefolder", "npz"):
         raise ValueError(f"export: expected 'imagefolder' or 'npz', got {export!r}")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; choose another --out or pass --overwrite")
+    inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)
     cache = Cache(cache_dir, enabled=use_cache)
 
-    t = time.perf_counter()
-    dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by)
-    timings["read"] = time.perf_counter() - t
-    n = len(dataset)
-    ds_labels = dataset.labels
-    if n == 0:
-        raise DataError(f"{dataset.source}: the dataset is empty")
-    if method != "random":
-        _check_bins_fit(ds_labels, n, n_bins, dataset.classes)
-    if drop_ratio is not None and getattr(dataset, "kind", "") != "images":
-        raise ValueError(f"drop_ratio: pixel quantization needs images, {dataset.source} holds {dataset.kind}")
-
-    from .embed import embed
-
-    proxy_seed = seed if proxy_seed is None else proxy_seed
-    bins: list[np.ndarray] = []
-    emb_record: dict = {}
-    enc_config: dict = {}
-    adq_record: dict | None = None
-    if method == "random":
+    writer = None
+    if out is not None:  # checked, locked and created before any work (artifact.AtomicOutput)
+        writer = AtomicOutput(out, overwrite=overwrite, protect=inputs, keep=[cache.root if use_cache else None]).open()
+    try:
         t = time.perf_counter()
-        indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
-        timings["sample"] = time.perf_counter() - t
-    else:
-        enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens)
-        enc_config = enc.config()
-        t = time.perf_counter()
-        emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
-        timings["embed"] = time.perf_counter() - t
-        t = time.perf_counter()
-        bins = _bins(emb, n_bins, ds_labels, block_size, precision, progress, enc_config.get("path", dataset.source))
-        timings["bins"] = time.perf_counter() - t
-        if method == "adq":
-            from .adq import bin_scores
-            from .core.scores import adaptive_counts, sample_adaptive
-            from .embed import ProxyEncoder, cached_proxy
+        dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by)
+        timings["read"] = time.perf_counter() - t
+        n = len(dataset)
+        ds_labels = dataset.labels
+        if n == 0:
+            raise DataError(f"{dataset.source}: the dataset is empty")
+        if budget(ratio, n) == 0:
+            raise ValueError(f"ratio: {ratio!r} of {n} samples rounds to 0 samples; use a keep ratio above {0.5 / n:.3g}")
+        check_export(export, dataset.kind)
+        if method == "adq":  # a scores file is read and checked now, not after the embedding
+            from .adq import check_representativeness
 
+            representativeness = check_representativeness(representativeness, dataset)
+        if method != "random":
+            _check_bins_fit(ds_labels, n, n_bins, dataset.classes)
+        if drop_ratio is not None and getattr(dataset, "kind", "") != "images":
+            raise ValueError(f"drop_ratio: pixel quantization needs images, {dataset.source} holds {dataset.kind}")
+
+        from .embed import embed
+
+        proxy_seed = seed if proxy_seed is None else proxy_seed
+        bins: list[np.ndarray] = []
+        emb_record: dict = {}
+        enc_config: dict = {}
+        adq_record: dict | None = None
+        if method == "random":
             t = time.perf_counter()
-            proxy = None
-            if isinstance(enc, ProxyEncoder):
-                proxy = (cached_proxy(enc, dataset, cache, emb_record["key"]), emb_record["key"])
-            scores = bin_scores(
-                dataset,
-                bins,
-                features=emb.features,
-                labels=ds_labels,
-                representativeness=representativeness,
-                diversity_encoder=diversity_encoder,
-                proxy=proxy,
-                seed=proxy_seed,
-                cache=cache,
-                device=device,
-                progress=progress,
-                simclr_options=simclr_options,
-            )
-            timings["scores"] = time.perf_counter() - t
-            t = time.perf_counter()
-            shares, counts = adaptive_counts([len(b) for b in bins], ratio, scores["importance"], alpha)
-            indices = sample_adaptive(bins, ratio, scores["importance"], alpha, ds_labels, seed)
+            indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
             timings["sample"] = time.perf_counter() - t
-            adq_record = {
-                "alpha": alpha,
-                **scores["info"],
-                "per_bin": [
-                    {"bin": k, "size": len(b), "rep": float(scores["rep"][k]), "div": float(scores["div"][k]), "importance": float(scores["importance"][k]), "share": float(shares[k]), "count": int(counts[k])}
-                    for k, b in enumerate(bins)
-                ],
-            }
         else:
+            enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens)
+            enc_config = enc.config()
             t = time.perf_counter()
-            indices = sample_uniform(bins, ratio, ds_labels, seed)
-            timings["sample"] = time.perf_counter() - t
-        emb_record = {
-            **emb_record,
-            "kind": emb.kind,
-            "dim": int(emb.features.shape[1]),
-            "classes_dim": None if emb.delta is None else int(emb.delta.shape[1]),
-            "info": emb.info,
+            emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
+            timings["embed"] = time.perf_counter() - t
+            t = time.perf_counter()
+            bins = _bins(emb, n_bins, ds_labels, block_size, precision, progress, enc_config.get("path", dataset.source))
+            timings["bins"] = time.perf_counter() - t
+            if method == "adq":
+                from .adq import bin_scores
+                from .core.scores import adaptive_counts, sample_adaptive
+                from .embed import ProxyEncoder, cached_proxy
+
+                t = time.perf_counter()
+                proxy = None
+                if isinstance(enc, ProxyEncoder):
+                    proxy = (cached_proxy(enc, dataset, cache, emb_record["key"]), emb_record["key"])
+                scores = bin_scores(
+                    dataset,
+                    bins,
+                    features=emb.features,
+                    labels=ds_labels,
+                    representativeness=representativeness,
+                    diversity_encoder=diversity_encoder,
+                    proxy=proxy,
+                    seed=proxy_seed,
+                    cache=cache,
+                    device=device,
+                    progress=progress,
+                    simclr_options=simclr_options,
+                )
+                timings["scores"] = time.perf_counter() - t
+                t = time.perf_counter()
+                shares, counts = adaptive_counts([len(b) for b in bins], ratio, scores["importance"], alpha)
+                indices = sample_adaptive(bins, ratio, scores["importance"], alpha, ds_labels, seed)
+                timings["sample"] = time.perf_counter() - t
+                adq_record = {
+                    "alpha": alpha,
+                    **scores["info"],
+                    "per_bin": [
+                        {"bin": k, "size": len(b), "rep": float(scores["rep"][k]), "div": float(scores["div"][k]), "importance": float(scores["importance"][k]), "share": float(shares[k]), "count": int(counts[k])}
+                        for k, b in enumerate(bins)
+                    ],
+                }
+            else:
+                t = time.perf_counter()
+                indices = sample_uniform(bins, ratio, ds_labels, seed)
+                timings["sample"] = time.perf_counter() - t
+            emb_record = {
+                **emb_record,
+                "kind": emb.kind,
+                "dim": int(emb.features.shape[1]),
+                "classes_dim": None if emb.delta is None else int(emb.delta.shape[1]),
+                "info": emb.info,
+            }
+
+        extra_files: dict = {}
+        pixels_record = None
+        if drop_ratio is not None:
+            t = time.perf_counter()
+            pixels_record, extra_files = _quantize_pixels(
+                dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed,
+                epochs, proxy_width, proxy_checkpoint, embedding, device, progress, mae_options or {},
+            )
+            timings["pixels"] = time.perf_counter() - t
+
+        n_classes = len(dataset.classes)
+        manifest = {
+            "dsquant_version": __version__,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": method,
+            "parameters": {
+                "ratio": ratio,
+                "n_bins": n_bins if method != "random" else None,
+                "seed": seed,
+                "encoder": enc_config or None,
+                "gain": "graphcut",
+                "lambda": 1.0,
+                "similarity": "0.5 + 0.5 cos",
+                "block_size": block_size,
+                "precision": precision,
+                "split": split,
+                "image_size": image_size,
+                "alpha": alpha if method == "adq" else None,
+                "diversity_encoder": diversity_encoder if method == "adq" else None,
+            },
+            "dataset": {
+                "source": str(dataset.source),
+                "format": detect_format(data) if isinstance(data, (str, os.PathLike)) else "object",
+                "kind": dataset.kind,
+                "split": getattr(dataset, "split", None),
+                "n_samples": n,
+                "classes": dataset.classes,
+                "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
+                "shape": _shape(dataset),
+                "schema": getattr(dataset, "schema", None),
+                "group_by": group_by,
+                "fingerprint": dataset.fingerprint(),
+            },
+            "embedding": emb_record or None,
+            "adq": adq_record,
+            "pixels": pixels_record,
+            "selection": {
+                "n_selected": int(len(indices)),
+                "target": budget(ratio, n),
+                "per_class": None if ds_labels is None else np.bincount(ds_labels[indices], minlength=n_classes).tolist(),
+                "bins": _counts_table(bins, indices, ds_labels, n_classes) if bins else [],
+            },
+            "versions": _versions(),
+            "command": command,
         }
+        out_path = None
+        if writer is not None:
+            t = time.perf_counter()
 
-    extra_files: dict = {}
-    pixels_record = None
-    if drop_ratio is not None:
-        t = time.perf_counter()
-        pixels_record, extra_files = _quantize_pixels(
-            dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed,
-            epochs, proxy_width, proxy_checkpoint, embedding, device, progress, mae_options or {},
-        )
-        timings["pixels"] = time.perf_counter() - t
+            def finalize(m: dict) -> None:  # the manifest is written last, inside the atomic write
+                timings["write"] = time.perf_counter() - t
+                timings["total"] = time.perf_counter() - t_start
+                m["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
 
-    n_classes = len(dataset.classes)
-    manifest = {
-        "dsquant_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "method": method,
-        "parameters": {
-            "ratio": ratio,
-            "n_bins": n_bins if method != "random" else None,
-            "seed": seed,
-            "encoder": enc_config or None,
-            "gain": "graphcut",
-            "lambda": 1.0,
-            "similarity": "0.5 + 0.5 cos",
-            "block_size": block_size,
-            "precision": precision,
-            "split": split,
-            "image_size": image_size,
-            "alpha": alpha if method == "adq" else None,
-            "diversity_encoder": diversity_encoder if method == "adq" else None,
-        },
-        "dataset": {
-            "source": str(dataset.source),
-            "format": detect_format(data) if isinstance(data, (str, os.PathLike)) else "object",
-            "kind": dataset.kind,
-            "split": getattr(dataset, "split", None),
-            "n_samples": n,
-            "classes": dataset.classes,
-            "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
-            "shape": _shape(dataset),
-            "schema": getattr(dataset, "schema", None),
-            "group_by": group_by,
-            "fingerprint": dataset.fingerprint(),
-        },
-        "embedding": emb_record or None,
-        "adq": adq_record,
-        "pixels": pixels_record,
-        "selection": {
-            "n_selected": int(len(indices)),
-            "target": budget(ratio, n),
-            "per_class": None if ds_labels is None else np.bincount(ds_labels[indices], minlength=n_classes).tolist(),
-            "bins": _counts_table(bins, indices, ds_labels, n_classes) if bins else [],
-        },
-        "versions": _versions(),
-        "command": command,
-    }
-    out_path = None
-    if out is not None:
-        t = time.perf_counter()
-        timings["write"] = 0.0
-        manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        out_path = Path(out)
-        from .artifact import write_output
-
-        write_output(out_path, indices, bins, manifest, overwrite=overwrite, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None, extra=extra_files)
-        timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
-    manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    if out_path is not None:
-        # the final timings (write and total) are known only now: rewrite the manifest in place
-        import json
-
-        tmp = out_path / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, out_path / "manifest.json")
-    return CompressResult(indices, bins, manifest, out_path, dataset)
+            fill_output(writer.tmp, indices, bins, manifest, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None, extra=extra_files, finalize=finalize)
+            out_path = writer.commit()
+        else:
+            timings["total"] = time.perf_counter() - t_start
+            manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        return CompressResult(indices, bins, manifest, out_path, dataset)
+    finally:
+        if writer is not None:
+            writer.abort()  # nothing half-written: the temporary directory goes, the lock too

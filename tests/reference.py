@@ -77,3 +77,80 @@ def explicit_gradients(delta, feats):
     n = len(delta)
     outer = (delta[:, :, None] * feats[:, None, :]).reshape(n, -1)
     return np.concatenate([delta, outer], axis=1)
+
+
+# --- coreset-selection baselines (dsquant.core.baselines) ------------------------------------
+
+
+def naive_kcenter(X, k, first=None, initial=()):
+    """Farthest-first traversal on the full float64 distance matrix (O(N^2) memory)."""
+    from scipy.spatial.distance import cdist
+
+    X = np.asarray(X, dtype=np.float64)
+    dist = cdist(X, X)
+    centres = list(initial) if len(initial) else [first]
+    picks = [] if len(initial) else [first]
+    mind = dist[:, centres].min(axis=1)  # distance of every sample to its nearest centre
+    while len(picks) < k:
+        mind[centres] = -np.inf
+        x = int(np.argmax(mind))
+        centres.append(x)
+        picks.append(x)
+        mind = np.minimum(mind, dist[:, x])
+    return picks
+
+
+def naive_herding(X, k):
+    """Literally: the sample whose addition brings the mean of the picks closest to the mean."""
+    X = np.asarray(X, dtype=np.float64)
+    mu = X.mean(axis=0)
+    picks = []
+    for _ in range(k):
+        best, best_d = None, np.inf
+        for x in range(len(X)):
+            if x in picks:
+                continue
+            d = np.linalg.norm(mu - X[picks + [x]].mean(axis=0))
+            if d < best_d:
+                best, best_d = x, d
+        picks.append(best)
+    return picks
+
+
+def naive_facility_location(S, k):
+    """Plain greedy on F(A) = sum_i max_{j in A} S_ij, F recomputed from scratch per candidate."""
+    n = S.shape[0]
+    picks = []
+    for _ in range(k):
+        base = S[:, picks].max(axis=1).sum() if picks else 0.0
+        gains = np.full(n, -np.inf)
+        for x in range(n):
+            if x not in picks:
+                gains[x] = S[:, picks + [x]].max(axis=1).sum() - base
+        picks.append(int(np.argmax(gains)))
+    return picks
+
+
+def naive_forgetting(correct, never):
+    """Count correct -> wrong transitions epoch by epoch; never-learnt samples get ``never``."""
+    T, N = correct.shape
+    out = []
+    for i in range(N):
+        if not any(correct[t, i] for t in range(T)):
+            out.append(never)
+            continue
+        out.append(sum(1 for t in range(T - 1) if correct[t, i] and not correct[t + 1, i]))
+    return np.array(out, dtype=np.float64)
+
+
+def naive_ccs_allocation(sizes, m):
+    """CCS Algorithm 1, as printed: while strata remain, take the smallest (lowest index among
+    equal sizes), give it min(|B|, floor(m / #strata left)), remove it."""
+    left = list(range(len(sizes)))
+    out = [0] * len(sizes)
+    while left:
+        j = min(left, key=lambda i: (sizes[i], i))
+        out[j] = min(sizes[j], m // len(left))
+        m -= out[j]
+        left.remove(j)
+    return out

@@ -91,17 +91,9 @@ def load_subset(out_dir: str | os.PathLike, data=None, transform: Callable | Non
             the compressed set is empty.
     """
     from .artifact import read_output
-    from .pipeline import read_dataset
 
     out = read_output(out_dir)
     if len(out.indices) == 0:
         raise ValueError(f"{out_dir}: the compressed set is empty (0 samples)")
-    ds_info = out.manifest["dataset"]
-    source = data if data is not None else ds_info["source"]
-    dataset = read_dataset(source, split=ds_info.get("split") or "train", image_size=out.manifest["parameters"].get("image_size"))
-    if dataset.fingerprint() != ds_info["fingerprint"]:
-        raise ValueError(
-            f"{out_dir}: the dataset read from {source} is not the one these indices refer to "
-            f"(fingerprint {dataset.fingerprint()} != {ds_info['fingerprint']})"
-        )
+    dataset = out.open_dataset(data)  # verifies the fingerprint
     return SubsetDataset(dataset, out.indices, transform)

@@ -232,9 +232,7 @@ def evaluate_output(
         raise ValueError(f"{out_dir}: the compressed set is empty (0 training samples); nothing to evaluate (compress with a larger keep ratio)")
     cache = Cache()
     image_size = res.manifest["parameters"].get("image_size")
-    train = read_dataset(info["source"], split=info.get("split") or "train", image_size=image_size, cache=cache)
-    if train.fingerprint() != info["fingerprint"]:
-        raise ValueError(f"{out_dir}: {info['source']} has changed since it was compressed (fingerprint mismatch)")
+    train = res.open_dataset(cache=cache)  # verifies the fingerprint
     check_indices(res.indices, len(train), f"{out_dir}: indices")
     try:
         test = read_dataset(test_data or info["source"], split="test", image_size=image_size, cache=cache)

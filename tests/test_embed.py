@@ -125,3 +125,46 @@ def test_kernel_sums_are_exact_float64_whatever_the_row_dtype(rng, kind):
         rows = kernel.restrict(np.ones(len(part), bool), rows_only=True).rows(picks[:5])
         assert rows.dtype == dtype
         assert np.abs(rows - part[picks[:5]] @ part.T).max() <= kernel.row_error
+
+
+_REPEAT = """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+import dsquant.training as tr
+tr.set_threads = lambda: None
+from dsquant.data import load_digits
+from dsquant.embed.proxy import proxy_resnet
+ds = load_digits().subset(np.arange(120))
+params = []
+for _ in range(4):
+    torch.manual_seed(0)
+    m = proxy_resnet(1, 10, 8, 4, np.full(1, .5), np.full(1, .25))
+    tr.fit(m, ds.images, ds.labels, tr.TrainConfig(epochs=1, seed=0, augment=False))
+    params.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+print(max(float((p - params[0]).abs().max()) for p in params))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_proxy_training_is_repeatable_at_small_widths(threads):
+    """oneDNN's strided 1x1 weight gradient with 2-7 input channels (channels_last) was wrong and
+    wrote out of bounds: width-4 proxies differed between identical runs and crashed the process
+    on one thread. The shortcut now subsamples first (models.BasicBlock)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _REPEAT, str(threads)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert float(proc.stdout.strip()) == 0.0
+
+
+def test_subsampled_shortcut_is_the_strided_convolution():
+    import torch
+
+    from dsquant.models import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, stride=2).eval()
+    x = torch.randn(3, 4, 9, 9)
+    conv, bn = block.shortcut
+    assert torch.allclose(block._shortcut(x), bn(torch.nn.functional.conv2d(x, conv.weight, stride=2)), atol=1e-6)

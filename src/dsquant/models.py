@@ -50,7 +50,21 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self._shortcut(x))
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.shortcut) == 0:
+            return x
+        conv, bn = self.shortcut
+        sy, sx = conv.stride
+        if (sy, sx) == (1, 1):
+            return bn(conv(x))
+        # A strided 1x1 convolution is the 1x1 convolution of the subsampled input. It is computed
+        # so because oneDNN's strided 1x1 weight gradient (channels_last, 2-7 input channels, as
+        # in PyTorch 2.13's CPU build) is wrong and writes out of bounds: training was not
+        # repeatable and crashed on one thread (docs/reliability.md). Same parameters, same
+        # result (bitwise at the default widths).
+        return bn(F.conv2d(x[:, :, ::sy, ::sx], conv.weight))
 
 
 class ResNet(nn.Module):

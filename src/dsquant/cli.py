@@ -94,7 +94,9 @@ def _add_compress(sub) -> None:
     p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records")
     p.add_argument("--ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")
     p.add_argument("--bins", type=_positive_int, default=10, help="number of bins K (default 10)")
-    p.add_argument("--method", choices=["dq", "adq", "random"], default="dq", help="dq (default), adq (adaptive per-bin shares) or random (class-balanced baseline)")
+    from .methods import DQ, METHODS
+
+    p.add_argument("--method", choices=list(METHODS), default=DQ.name, help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()) + f" (default {DQ.name})")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
     p.add_argument("--encoder", help="images: proxy (default), pixels or features:PATH; text: sentence (default) or features:PATH")
     p.add_argument("--max-tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")
@@ -162,7 +164,10 @@ def _add_benchmark(sub) -> None:
         "and skipped on a rerun; writes OUT/results.csv, results.md and accuracy.png.",
     )
     p.add_argument("--data", nargs="+", required=True, help="datasets with a test split (paths, or 'digits')")
-    p.add_argument("--methods", nargs="+", default=["random", "dq", "adq"], choices=["full", "random", "dq", "adq"])
+    from .evaluate.grid import DEFAULT_METHODS, FULL
+    from .methods import METHODS
+
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[FULL, *METHODS], help=f"{FULL} (the whole training set) and the selection methods (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.01, 0.05, 0.1, 0.2])
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
     p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
@@ -426,13 +431,12 @@ def _cmd_info(args) -> int:
         print(f"  pixels: drop ratio {px['drop_ratio']}, {px['patch']} px patches ({px['grid'][0]}x{px['grid'][1]}), {px['kept_per_image']} kept per image; "
               f"effective keep ratio {100 * px['effective_keep_ratio']:.2f} %; reconstructor {px['reconstructor']}")
         print(f"  bytes on disk: patches.dsqp {b['patches.dsqp']:,} | same images raw {b['raw_uint8']:,} ({b['patches.dsqp'] / b['raw_uint8']:.1%}) | as PNG {b['png']:,} ({b['patches.dsqp'] / b['png']:.1%})")
-    adq = m.get("adq")
-    if adq:
-        print()
-        print(f"  ADQ (alpha {adq['alpha']}): Rep = {adq['representativeness']}; Div = {adq['diversity']}")
-        print(f"  {'bin':>3} {'size':>7} {'Rep':>9} {'Div':>9} {'I_hat':>7} {'r':>7} {'q':>6}")
-        for b in adq["per_bin"]:
-            print(f"  {b['bin']:>3} {b['size']:>7} {b['rep']:>9.4f} {b['div']:>9.4f} {b['importance']:>7.4f} {b['share']:>7.4f} {b['count']:>6}")
+    from .methods import METHODS
+
+    cls = METHODS.get(m.get("method"))
+    if cls is not None:
+        for line in cls.report(m):
+            print(line)
     return 0
 
 

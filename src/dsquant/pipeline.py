@@ -15,14 +15,12 @@ import numpy as np
 
 from . import __version__
 from .cache import Cache, hash_key
-from .core.bins import generate_bins
-from .core.sampling import budget, check_ratio, sample_uniform
+from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, check_export, fill_output
+from .methods import DQ, Context, SelectionMethod, make_method
 from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, load_dataset
 
-__all__ = ["CompressResult", "compress", "read_dataset", "METHODS"]
-
-METHODS = ("dq", "adq", "random")
+__all__ = ["CompressResult", "compress", "read_dataset"]
 _READ_VERSION = 2  # 2: 16-bit and float images scaled, empty classes refused (issue 11)
 
 
@@ -32,7 +30,7 @@ class CompressResult:
 
     Attributes:
         indices: sorted int64 indices of the compressed set into the dataset.
-        bins: the K bins (int64 index arrays); empty for ``method="random"``.
+        bins: the K bins (int64 index arrays); empty for a method without bins (random).
         manifest: the run's manifest (also written to ``out/manifest.json``).
         out: the output directory, or None when nothing was written.
         dataset: the dataset that was compressed.
@@ -123,37 +121,13 @@ def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding,
     return make_encoder(encoder)
 
 
-def _bins(emb, n_bins, labels, block_size, precision, progress, source) -> list[np.ndarray]:
-    """Bins of the embedding, with a progress bar; NaN/inf features name their source."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(emb), desc="bins", unit="sample", leave=False)
-    try:
-        return generate_bins(
-            emb.for_binning(),
-            n_bins,
-            labels,
-            block_size=block_size,
-            dtype=np.float32 if precision == "float32" else np.float64,
-            progress=bar.update if bar is not None else None,
-        )
-    except ValueError as exc:
-        if "NaN or inf" not in str(exc):
-            raise
-        raise DataError(f"{source}: {exc}") from None
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed, epochs, width, checkpoint, embedding, device, progress, mae_options):
     """Grad-CAM++ patch scores of the selected images with the proxy, the kept-patch store, and
     (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest record and
     the files to write."""
     from .embed import ProxyEncoder, cached_proxy, embed
     from .pixels import png_bytes, quantize_pixels
+    from .pixels.reconstruct import TRAIN_NOW
 
     enc = ProxyEncoder(epochs=epochs, width=width, seed=proxy_seed, embedding=embedding, checkpoint=checkpoint, device=device)
     _, rec = embed(enc, dataset, cache=cache, progress=progress)
@@ -164,12 +138,12 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
     files = {"patches.dsqp": lambda path: store.save(path)}
     spec = reconstructor
     mae_info = None
-    if reconstructor == "tiny-mae":
+    if reconstructor == TRAIN_NOW:
         model_mae, mae_info = _tiny_mae(dataset, store.patch, cache, proxy_seed, device, progress, mae_options)
         from .pixels.train_mae import save_mae
 
-        files["tiny-mae.pt"] = lambda path: save_mae(model_mae, path, mae_info)
-        spec = "tiny-mae:tiny-mae.pt"
+        files[f"{TRAIN_NOW}.pt"] = lambda path: save_mae(model_mae, path, mae_info)
+        spec = f"{TRAIN_NOW}:{TRAIN_NOW}.pt"
     data_bytes = len(store.to_bytes())
     h, w, c = dataset.image_shape
     p_total = store.grid[0] * store.grid[1]
@@ -255,7 +229,7 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
         named.append(("encoder", encoder.split(":", 1)[1]))
     if isinstance(representativeness, (str, os.PathLike)) and str(representativeness) not in ("texture", "embedding"):
         named.append(("representativeness", representativeness))
-    if isinstance(reconstructor, str) and reconstructor.startswith(("mae:", "tiny-mae:")):
+    if isinstance(reconstructor, str) and ":" in reconstructor:  # a checkpoint (pixels.reconstruct)
         named.append(("reconstructor", reconstructor.split(":", 1)[1]))
     paths = []
     for what, path in named:
@@ -267,28 +241,11 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
     return paths
 
 
-def _check_bins_fit(labels: np.ndarray | None, n: int, n_bins: int, classes: list[str]) -> None:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"bins: expected an integer >= 1, got {n_bins!r}")
-    if labels is None:
-        if n < n_bins:
-            raise ValueError(f"bins: {n_bins} bins but only {n} samples")
-        return
-    counts = np.bincount(labels, minlength=len(classes))
-    present = counts[counts > 0]
-    if present.min() < n_bins:
-        c = int(np.flatnonzero(counts == present.min())[0])
-        raise ValueError(
-            f"bins: {n_bins} bins but class '{classes[c]}' has only {int(present.min())} samples; "
-            f"use at most {int(present.min())} bins"
-        )
-
-
 def compress(
     data,
     ratio: float = 0.1,
     n_bins: int = 10,
-    method: str = "dq",
+    method: str | SelectionMethod = DQ.name,
     encoder: str | None = None,
     seed: int = 0,
     epochs: int = 5,
@@ -329,9 +286,11 @@ def compress(
             or a dataset object from :mod:`dsquant.data`.
         ratio: keep ratio rho in (0, 1]; the compressed set has ``round(ratio * N)`` samples.
         n_bins: K, the number of bins (>= 1, at most the size of the smallest class).
-        method: ``"dq"`` (GraphCut bins + uniform bin sampling), ``"adq"`` (the same bins,
-            adaptive per-bin shares) or ``"random"`` (class-balanced random sampling, the
-            baseline; no embedding).
+        method: a selection method object (:mod:`dsquant.methods`: ``DQ(n_bins=10)``,
+            ``ADQ(...)``, ``Random()`` or a registered one), or its registry name (``"dq"``,
+            ``"adq"``, ``"random"``, ...), built with the shorthand options below (``n_bins``,
+            ``alpha``, ``diversity_encoder``, ``representativeness``, ``simclr_options``,
+            ``precision``, ``block_size``) that its constructor takes.
         encoder: for images ``"proxy"`` (default: a small ResNet trained ``epochs`` epochs on
             the data), ``"pixels"`` or ``"features:PATH"``; for text ``"sentence"`` (default,
             ``text_model``) or ``"features:PATH"``. Feature datasets are their own embedding.
@@ -391,23 +350,14 @@ def compress(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_ratio(ratio)
-    if method == "adq":
-        from .adq import DIVERSITY_ENCODERS
-
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
-        if diversity_encoder not in DIVERSITY_ENCODERS:
-            raise ValueError(f"diversity_encoder: expected one of {', '.join(DIVERSITY_ENCODERS)}, got {diversity_encoder!r}")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
+    selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size)
     if drop_ratio is not None:
         from .pixels import n_kept
 
         n_kept(1, drop_ratio)
-        if not (reconstructor in ("inpaint", "inpaint-ns", "tiny-mae") or reconstructor.startswith(("mae:", "tiny-mae:"))):
-            raise ValueError(f"reconstructor: expected 'inpaint', 'tiny-mae' or 'mae:PATH', got {reconstructor!r}")
+        from .pixels.reconstruct import check_reconstructor
+
+        check_reconstructor(reconstructor, train_now=True)
     if export not in (None, "imagefolder", "npz"):
         raise ValueError(f"export: expected 'imagefolder' or 'npz', got {export!r}")
     inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)
@@ -427,77 +377,27 @@ def compress(
         if budget(ratio, n) == 0:
             raise ValueError(f"ratio: {ratio!r} of {n} samples rounds to 0 samples; use a keep ratio above {0.5 / n:.3g}")
         check_export(export, dataset.kind)
-        if method == "adq":  # a scores file is read and checked now, not after the embedding
-            from .adq import check_representativeness
-
-            representativeness = check_representativeness(representativeness, dataset)
-        if method != "random":
-            _check_bins_fit(ds_labels, n, n_bins, dataset.classes)
+        selector.check(dataset)  # e.g. bins per class, a scores file: before any work
         if drop_ratio is not None and getattr(dataset, "kind", "") != "images":
             raise ValueError(f"drop_ratio: pixel quantization needs images, {dataset.source} holds {dataset.kind}")
 
         from .embed import embed
 
         proxy_seed = seed if proxy_seed is None else proxy_seed
-        bins: list[np.ndarray] = []
+        ctx = Context(
+            dataset, ratio, seed,
+            make_encoder=lambda: _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens),
+            embed=embed, cache=cache, device=device, progress=progress, proxy_seed=proxy_seed,
+        )
+        selection = selector.select(ctx)
+        indices, bins = selection.indices, selection.bins
+        timings.update(ctx.timings)
+        enc_config = ctx.encoder.config() if ctx.encoder is not None else {}
         emb_record: dict = {}
-        enc_config: dict = {}
-        adq_record: dict | None = None
-        if method == "random":
-            t = time.perf_counter()
-            indices = sample_uniform([np.arange(n)], ratio, ds_labels, seed)
-            timings["sample"] = time.perf_counter() - t
-        else:
-            enc = _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens)
-            enc_config = enc.config()
-            t = time.perf_counter()
-            emb, emb_record = embed(enc, dataset, cache=cache, progress=progress)
-            timings["embed"] = time.perf_counter() - t
-            t = time.perf_counter()
-            bins = _bins(emb, n_bins, ds_labels, block_size, precision, progress, enc_config.get("path", dataset.source))
-            timings["bins"] = time.perf_counter() - t
-            if method == "adq":
-                from .adq import bin_scores
-                from .core.scores import adaptive_counts, sample_adaptive
-                from .embed import ProxyEncoder, cached_proxy
-
-                t = time.perf_counter()
-                proxy = None
-                if isinstance(enc, ProxyEncoder):
-                    proxy = (cached_proxy(enc, dataset, cache, emb_record["key"]), emb_record["key"])
-                scores = bin_scores(
-                    dataset,
-                    bins,
-                    features=emb.features,
-                    labels=ds_labels,
-                    representativeness=representativeness,
-                    diversity_encoder=diversity_encoder,
-                    proxy=proxy,
-                    seed=proxy_seed,
-                    cache=cache,
-                    device=device,
-                    progress=progress,
-                    simclr_options=simclr_options,
-                )
-                timings["scores"] = time.perf_counter() - t
-                t = time.perf_counter()
-                shares, counts = adaptive_counts([len(b) for b in bins], ratio, scores["importance"], alpha)
-                indices = sample_adaptive(bins, ratio, scores["importance"], alpha, ds_labels, seed)
-                timings["sample"] = time.perf_counter() - t
-                adq_record = {
-                    "alpha": alpha,
-                    **scores["info"],
-                    "per_bin": [
-                        {"bin": k, "size": len(b), "rep": float(scores["rep"][k]), "div": float(scores["div"][k]), "importance": float(scores["importance"][k]), "share": float(shares[k]), "count": int(counts[k])}
-                        for k, b in enumerate(bins)
-                    ],
-                }
-            else:
-                t = time.perf_counter()
-                indices = sample_uniform(bins, ratio, ds_labels, seed)
-                timings["sample"] = time.perf_counter() - t
+        if ctx.encoder is not None:
+            emb = ctx.embedding()
             emb_record = {
-                **emb_record,
+                **ctx.embedding_record,
                 "kind": emb.kind,
                 "dim": int(emb.features.shape[1]),
                 "classes_dim": None if emb.delta is None else int(emb.delta.shape[1]),
@@ -515,24 +415,26 @@ def compress(
             timings["pixels"] = time.perf_counter() - t
 
         n_classes = len(dataset.classes)
+        method_config = selector.config()
         manifest = {
             "dsquant_version": __version__,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "method": method,
+            "method": selector.name,
             "parameters": {
                 "ratio": ratio,
-                "n_bins": n_bins if method != "random" else None,
+                "n_bins": method_config.get("n_bins"),
                 "seed": seed,
                 "encoder": enc_config or None,
                 "gain": "graphcut",
                 "lambda": 1.0,
                 "similarity": "0.5 + 0.5 cos",
-                "block_size": block_size,
-                "precision": precision,
+                "block_size": method_config.get("block_size", block_size),
+                "precision": method_config.get("precision", precision),
                 "split": split,
                 "image_size": image_size,
-                "alpha": alpha if method == "adq" else None,
-                "diversity_encoder": diversity_encoder if method == "adq" else None,
+                "alpha": method_config.get("alpha"),
+                "diversity_encoder": method_config.get("diversity_encoder"),
+                "method": method_config,
             },
             "dataset": {
                 "source": str(dataset.source),
@@ -548,7 +450,7 @@ def compress(
                 "fingerprint": dataset.fingerprint(),
             },
             "embedding": emb_record or None,
-            "adq": adq_record,
+            **({selector.name: selection.record} if selection.record is not None else {}),
             "pixels": pixels_record,
             "selection": {
                 "n_selected": int(len(indices)),

@@ -63,6 +63,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
+
 __all__ = [
     "ImageDataset",
     "DataError",
@@ -94,10 +96,6 @@ GZIP_MAX_RATIO = 1032
 DECODE_CHUNK = 2000
 """Images per task of the decoding pool; the pool is used for more than ``2 * DECODE_CHUNK``
 images."""
-
-
-class DataError(ValueError):
-    """A dataset file or directory that cannot be read; the message names it."""
 
 
 @dataclass

@@ -25,10 +25,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ..methods import ADQ, DQ, Random
 from .archs import get_architecture
 from .harness import PRESETS, Preset, summarise, train_and_test
 
-__all__ = ["Grid", "run_grid", "write_reports"]
+__all__ = ["DEFAULT_METHODS", "FULL", "Grid", "run_grid", "write_reports"]
+
+FULL = "full"
+"""The grid's reference row: the whole training set (not a selection method)."""
+DEFAULT_METHODS = (Random.name, DQ.name, ADQ.name)
+
+
+def _methods_in_order(present) -> list[str]:
+    """Registered methods in report order (the baseline first), those in ``present`` only."""
+    from ..methods import METHODS
+
+    order = [Random.name, *[m for m in METHODS if m != Random.name]]
+    return [m for m in order if m in present]
+
+
+def _uses_options(method: str) -> bool:
+    """Whether a method's results depend on the compress options (the encoder's, the bins')."""
+    from ..methods import METHODS
+
+    return method in METHODS and METHODS[method].needs_embedding
 
 # Cells are keyed by the dataset's fingerprint (a hash of the decoded train and test splits), so
 # two datasets of the same file name, or a dataset edited between runs, never share results;
@@ -52,7 +72,7 @@ class Grid:
 
     Attributes:
         datasets: dataset paths (or ``"digits"``); each needs a test split.
-        methods: among ``full``, ``random``, ``dq``, ``adq``.
+        methods: ``full`` and registered selection methods (:data:`dsquant.methods.METHODS`).
         ratios: keep ratios in (0, 1] (``full`` ignores them).
         archs: architecture names.
         seeds: seeds of sampling and training.
@@ -62,14 +82,14 @@ class Grid:
     """
 
     datasets: list[str]
-    methods: list[str] = field(default_factory=lambda: ["random", "dq", "adq"])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     ratios: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2])
     archs: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     preset: str = "cpu"
     compress_options: dict = field(default_factory=dict)
 
-    def options_key(self, method: str = "dq") -> str:
+    def options_key(self, method: str = DQ.name) -> str:
         """The compress options that matter for ``method`` (none for full and random)."""
         return _method_options(method, json.dumps(self.compress_options, sort_keys=True))
 
@@ -77,7 +97,7 @@ class Grid:
 def _method_options(method: str, options: str) -> str:
     """The options key a result row of ``method`` carries: random and full do not depend on the
     compress options."""
-    return "{}" if method in ("full", "random") else options
+    return options if _uses_options(method) else "{}"
 
 
 def _connect(path: Path, log=print) -> sqlite3.Connection:
@@ -119,14 +139,14 @@ def _selection(con, grid: Grid, dataset: str, fingerprint: str, train, method: s
     if row is not None:
         return np.frombuffer(row[0], dtype=np.int64).copy()
     t = time.perf_counter()
-    if method == "full":
+    if method == FULL:
         idx = np.arange(len(train), dtype=np.int64)
     else:
         from ..pipeline import compress
 
         opts = dict(grid.compress_options)
         seed_proxy = opts.pop("proxy_seed", 0)
-        if method == "random":
+        if not _uses_options(method):
             opts = {}
         res = compress(train, ratio=ratio, method=method, seed=seed, proxy_seed=seed_proxy, cache_dir=cache_dir, **opts)
         idx = res.indices
@@ -159,9 +179,11 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
     archs = grid.archs or list(preset.archs)
     for a in archs:
         get_architecture(a)
+    from ..methods import METHODS
+
     for m in grid.methods:
-        if m not in ("full", "random", "dq", "adq"):
-            raise ValueError(f"methods: unknown method {m!r}; expected full, random, dq or adq")
+        if m != FULL and m not in METHODS:
+            raise ValueError(f"methods: unknown method {m!r}; expected {FULL} or one of {', '.join(METHODS)}")
     done = {
         tuple(r[:5])
         for r in con.execute("SELECT fingerprint, method, ratio, seed, arch, options FROM results WHERE preset=?", (grid.preset,))
@@ -174,7 +196,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
         train, test = read_dataset(ds, "train", cache=cache), read_dataset(ds, "test", cache=cache)
         fp = _fingerprint(train, test)
         for method in grid.methods:
-            for ratio in [1.0] if method == "full" else grid.ratios:
+            for ratio in [1.0] if method == FULL else grid.ratios:
                 for seed in grid.seeds:
                     for arch in archs:
                         cells += 1
@@ -247,8 +269,8 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
     for ds in sorted({s["dataset"] for s in summary}):
         for arch in sorted({s["arch"] for s in summary if s["dataset"] == ds}):
             sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
-            ratios = sorted({s["ratio"] for s in sub if s["method"] != "full"})
-            methods = [m for m in ("random", "dq", "adq") if any(s["method"] == m for s in sub)]
+            ratios = sorted({s["ratio"] for s in sub if s["method"] != FULL})
+            methods = _methods_in_order({s["method"] for s in sub})
             md.append(f"## {ds} / {arch}")
             md.append("")
             md.append("| method | " + " | ".join(f"{100 * r:g} %" for r in ratios) + " |")
@@ -259,7 +281,7 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
                     s = next((s for s in sub if s["method"] == m and s["ratio"] == r), None)
                     cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if s else "-")
                 md.append(f"| {m} | " + " | ".join(cells) + " |")
-            full = next((s for s in sub if s["method"] == "full"), None)
+            full = next((s for s in sub if s["method"] == FULL), None)
             if full:
                 md.append(f"| full (100 %) | {100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']}) |" + " |" * (len(ratios) - 1))
             md.append("")
@@ -281,19 +303,22 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    colors = {"random": "#7f7f7f", "dq": "#1f77b4", "adq": "#d62728"}
+    methods = _methods_in_order({s["method"] for s in summary})
+    # the baseline grey, the others from matplotlib's cycle, the same colour in every panel
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {m: "#7f7f7f" if i == 0 and m == Random.name else palette[i % len(palette)] for i, m in enumerate(methods)}
     for ax, (ds, arch) in zip(axes.flat, panels):
         sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
-        for m in ("random", "dq", "adq"):
+        for m in methods:
             pts = sorted((s["ratio"], s["mean"], s["std"]) for s in sub if s["method"] == m)
             if pts:
                 r, mu, sd = map(np.array, zip(*pts))
                 ax.errorbar(100 * r, 100 * mu, yerr=100 * sd, marker="o", ms=4, capsize=3, label=m, color=colors[m])
-        full = next((s for s in sub if s["method"] == "full"), None)
+        full = next((s for s in sub if s["method"] == FULL), None)
         if full:
             ax.axhline(100 * full["mean"], ls="--", color="k", lw=1, label="full")
         ax.set_xscale("log")
-        ticks = sorted({100 * s["ratio"] for s in sub if s["method"] != "full"})
+        ticks = sorted({100 * s["ratio"] for s in sub if s["method"] != FULL})
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()

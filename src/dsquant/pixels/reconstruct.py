@@ -91,21 +91,40 @@ class MAEReconstructor:
         return out
 
 
+INPAINTERS = {"inpaint": "telea", "inpaint-telea": "telea", "inpaint-ns": "ns"}
+"""Reconstructor names without a checkpoint: OpenCV inpainting (Telea's method by default, or
+Navier-Stokes). With one: ``mae:PATH`` (an MAE checkpoint) and ``tiny-mae:PATH`` (one written by
+``dsquant train-mae``); ``compress`` also takes a bare ``tiny-mae``: train one on the data now."""
+CHECKPOINT_PREFIXES = ("mae:", "tiny-mae:")
+TRAIN_NOW = "tiny-mae"
+
+
+def check_reconstructor(spec: str, train_now: bool = False) -> str:
+    """``spec`` if it names a reconstructor (``train_now``: also the bare ``tiny-mae``); the one
+    vocabulary of ``compress``, ``evaluate``, ``export`` and :func:`make_reconstructor`.
+
+    Raises:
+        ValueError: naming the accepted names, on any other.
+    """
+    if isinstance(spec, str) and (spec in INPAINTERS or (spec.startswith(CHECKPOINT_PREFIXES) and spec.split(":", 1)[1]) or (train_now and spec == TRAIN_NOW)):
+        return spec
+    names = ", ".join([*INPAINTERS, *([TRAIN_NOW] if train_now else []), *(f"{p}PATH" for p in CHECKPOINT_PREFIXES)])
+    raise ValueError(f"reconstructor: expected one of {names}, got {spec!r}")
+
+
 def make_reconstructor(spec: str, device=None):
-    """``inpaint`` (Telea), ``inpaint-ns`` (Navier-Stokes), or ``mae:PATH`` / ``tiny-mae:PATH``
-    (a local MAE checkpoint).
+    """The reconstructor named by ``spec`` (:func:`check_reconstructor`): ``inpaint`` (Telea),
+    ``inpaint-telea``, ``inpaint-ns`` (Navier-Stokes), or ``mae:PATH`` / ``tiny-mae:PATH`` (a
+    local MAE checkpoint).
 
     Raises:
         ValueError: on an unknown name or an unusable checkpoint.
     """
-    if spec in ("inpaint", "inpaint-telea"):
-        return InpaintReconstructor()
-    if spec == "inpaint-ns":
-        return InpaintReconstructor(method="ns")
-    if spec.startswith(("mae:", "tiny-mae:")):
-        kind, path = spec.split(":", 1)
-        return MAEReconstructor(load_mae(path), device=device, name=kind)
-    raise ValueError(f"reconstructor: expected 'inpaint', 'mae:PATH' or 'tiny-mae:PATH', got {spec!r}")
+    check_reconstructor(spec)
+    if spec in INPAINTERS:
+        return InpaintReconstructor(method=INPAINTERS[spec])
+    kind, path = spec.split(":", 1)
+    return MAEReconstructor(load_mae(path), device=device, name=kind)
 
 
 def reconstruct_store(store: PatchStore, reconstructor, chunk: int = 1024, progress: bool = False) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Selection methods as objects in one registry (issue 12): a new method is one class and one
+registry line, and the CLI, the benchmark grid and `dsquant info` take it unchanged."""
+
+import numpy as np
+import pytest
+
+import dsquant
+from dsquant.core import baselines as B
+from dsquant.artifact import read_output
+from dsquant.cli import main
+from dsquant.data import load_digits
+from dsquant.methods import ADQ, DQ, METHODS, Random, Selection, SelectionMethod, make_method, register_method
+
+
+class EveryKth(SelectionMethod):
+    """A toy method: every k-th sample of the dataset, as many as the budget."""
+
+    name = "every-kth"
+    summary = "every k-th sample (a test method)"
+    needs_embedding = False
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+
+    def config(self) -> dict:
+        return {"offset": self.offset}
+
+    def select(self, ctx) -> Selection:
+        n = len(ctx.dataset)
+        m = int(round(ctx.ratio * n))
+        return Selection(np.sort((self.offset + np.arange(m) * (n // m)) % n).astype(np.int64), record={"offset": self.offset})
+
+    @classmethod
+    def report(cls, manifest):
+        return [f"  every-kth offset {manifest[cls.name]['offset']}"]
+
+
+@pytest.fixture
+def toy():
+    register_method(EveryKth)
+    yield EveryKth
+    METHODS.pop(EveryKth.name, None)
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_registered_method_runs_through_the_cli(tmp_path, capsys, toy):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "compress", "digits", "--method", "every-kth", "--ratio", "0.1", "--out", out, "--quiet")
+    assert code == 0, err
+    res = read_output(out)
+    assert res.manifest["method"] == "every-kth" and res.manifest["every-kth"] == {"offset": 0}
+    assert res.indices.tolist() == list(range(0, 1437, 1437 // 144))[:144]
+    code, stdout, _ = run(capsys, "info", out)
+    assert code == 0 and "every-kth offset 0" in stdout
+
+
+def test_registered_method_runs_through_the_grid(tmp_path, toy):
+    from dsquant.evaluate import Grid, run_grid, write_reports
+
+    grid = Grid(["digits"], ["random", "every-kth"], [0.2], ["logreg"], [0], "cpu")
+    db = run_grid(grid, tmp_path / "b", progress=False, log=lambda *a: None)
+    paths = write_reports(db, tmp_path / "b", preset="cpu", options=grid.options_key())
+    md = paths["md"].read_text()
+    assert "| every-kth |" in md and "| random |" in md
+    import sqlite3
+
+    rows = sqlite3.connect(str(db)).execute("SELECT method, options FROM results ORDER BY method").fetchall()
+    assert rows == [("every-kth", "{}"), ("random", "{}")]
+
+
+def test_method_objects_and_names_give_the_same_indices(tmp_path):
+    ds = load_digits()
+    by_name = dsquant.compress(ds, ratio=0.1, method="random", seed=3)
+    by_object = dsquant.compress(ds, ratio=0.1, method=Random(), seed=3)
+    assert np.array_equal(by_name.indices, by_object.indices)
+    f = np.random.default_rng(0).standard_normal((200, 6)).astype(np.float32)
+    feats = dsquant.data.FeatureDataset(f, np.repeat(np.arange(4), 50), [])
+    a = dsquant.compress(feats, ratio=0.2, method="dq", n_bins=5, seed=1)
+    b = dsquant.compress(feats, ratio=0.2, method=DQ(n_bins=5), seed=1)
+    assert np.array_equal(a.indices, b.indices) and all(np.array_equal(x, y) for x, y in zip(a.bins, b.bins))
+    assert b.manifest["parameters"]["method"] == {"n_bins": 5, "precision": "float32", "block_size": None}
+
+
+def test_parameters_are_stored_unchanged_and_checked_once():
+    m = ADQ(n_bins=4, alpha=0.25, diversity_encoder="proxy")
+    assert (m.n_bins, m.alpha, m.diversity_encoder) == (4, 0.25, "proxy")
+    assert m.config()["alpha"] == 0.25 and repr(m).startswith("ADQ(n_bins=4")
+    for bad, pattern in [
+        (lambda: DQ(n_bins=0), "bins: expected an integer >= 1, got 0"),
+        (lambda: DQ(n_bins=2.5), "bins: expected an integer >= 1, got 2.5"),
+        (lambda: DQ(precision="float16"), "precision: expected 'float32' or 'float64', got 'float16'"),
+        (lambda: ADQ(alpha=float("nan")), "alpha: expected a weight in [0, 1], got nan"),
+        (lambda: ADQ(alpha=1.5), "alpha: expected a weight in [0, 1], got 1.5"),
+        (lambda: ADQ(diversity_encoder="clip"), "diversity_encoder: expected one of"),
+        (lambda: make_method("kmeans"), "method: expected one of dq, adq, random, kcenter, herding"),
+        (lambda: make_method("prototypes", n_clusters=0), "n_clusters: expected an integer >= 1, got 0"),
+        (lambda: make_method("facility-location", metric="l1"), "metric: expected 'cosine' or 'euclidean', got 'l1'"),
+    ]:
+        with pytest.raises(ValueError) as exc:
+            bad()
+        assert str(exc.value).startswith(pattern), str(exc.value)
+
+
+def test_register_method_refuses_what_is_not_a_new_method(toy):
+    with pytest.raises(ValueError, match="exists"):
+        register_method(type("Other", (SelectionMethod,), {"name": "every-kth"}))
+    with pytest.raises(ValueError, match="SelectionMethod subclass"):
+        register_method(object)
+    assert register_method(EveryKth) is EveryKth  # the same class again is fine
+
+
+def test_public_api_at_the_top_level():
+    for name in ("compress", "open_run", "load_subset", "DQ", "ADQ", "Random", "generate_bins", "sample_uniform",
+                 "sample_adaptive", "importance_scores", "texture_level", "GradientEmbedding", "DataError"):
+        assert name in dsquant.__all__ and getattr(dsquant, name) is not None
+    assert dsquant.open_run is dsquant.artifact.read_output
+
+
+@pytest.mark.parametrize(
+    "method, core",
+    [
+        ("kcenter", lambda X, n, y, r: B.kcenter_greedy(X, n, seed=7, labels=y)),
+        ("herding", lambda X, n, y, r: B.herding(X, n, y)),
+        ("facility-location", lambda X, n, y, r: B.facility_location(X, n, y)),
+        ("moderate-ds", lambda X, n, y, r: B.moderate_ds(X, r, y)),
+        ("prototypes", lambda X, n, y, r: B.prototype_select(X, r, y, n_clusters=10, seed=7)),
+    ],
+)
+def test_baseline_methods_are_their_core_functions_on_the_run(method, core):
+    """A registered baseline selects exactly what its core function selects on the run's
+    embedding, labels, budget and seed; class-balanced as sample_uniform."""
+    from dsquant.data import FeatureDataset
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 100)
+    res = dsquant.compress(FeatureDataset(X, y, []), ratio=0.1, method=method, seed=7)
+    assert res.manifest["method"] == method and len(res.indices) == 30
+    assert np.array_equal(res.indices, core(X, 30, y, 0.1))
+    assert np.bincount(y[res.indices]).tolist() == [10, 10, 10]
+
+
+def test_a_baseline_from_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "f.npz", features=rng.standard_normal((60, 4)).astype(np.float32), labels=np.repeat([0, 1], 30))
+    code, stdout, err = run(capsys, "compress", tmp_path / "f.npz", "--method", "kcenter", "--ratio", "0.2", "--out", tmp_path / "o", "--quiet")
+    assert code == 0, err
+    assert "selected 12 of 60" in stdout

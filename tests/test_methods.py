@@ -151,3 +151,24 @@ def test_a_baseline_from_the_cli(tmp_path, capsys):
     code, stdout, err = run(capsys, "compress", tmp_path / "f.npz", "--method", "kcenter", "--ratio", "0.2", "--out", tmp_path / "o", "--quiet")
     assert code == 0, err
     assert "selected 12 of 60" in stdout
+
+
+def test_the_proxy_is_fitted_once_for_every_stage(monkeypatch):
+    """The embedding, ADQ's proxy diversity and the Grad-CAM++ patch scores share one fitted
+    proxy: it is trained once per run, with or without a cache."""
+    from dsquant.embed.proxy import ProxyEncoder
+
+    calls = []
+    real = ProxyEncoder.train
+
+    def counted(self, dataset, progress=False):
+        calls.append(id(self))
+        return real(self, dataset, progress)
+
+    monkeypatch.setattr(ProxyEncoder, "train", counted)
+    ds = load_digits()
+    res = dsquant.compress(ds, ratio=0.1, method=ADQ(n_bins=4, diversity_encoder="proxy"), epochs=1, drop_ratio=0.25, use_cache=False)
+    assert len(calls) == 1 and res.manifest["pixels"]["drop_ratio"] == 0.25
+    calls.clear()
+    dsquant.compress(ds, ratio=0.1, method="random", epochs=1, drop_ratio=0.25, use_cache=False)
+    assert len(calls) == 1  # random has no embedding: the pixel stage fits the proxy itself, once

@@ -121,19 +121,15 @@ def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding,
     return make_encoder(encoder)
 
 
-def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed, epochs, width, checkpoint, embedding, device, progress, mae_options):
-    """Grad-CAM++ patch scores of the selected images with the proxy, the kept-patch store, and
-    (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest record and
-    the files to write."""
-    from .embed import ProxyEncoder, cached_proxy, embed
+def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options):
+    """Grad-CAM++ patch scores of the selected images with ``proxy`` (the run's fitted proxy
+    encoder), the kept-patch store, and (for ``tiny-mae``) a masked autoencoder trained on the
+    data; returns the manifest record and the files to write."""
+    from .embed import fitted_proxy
     from .pixels import png_bytes, quantize_pixels
     from .pixels.reconstruct import TRAIN_NOW
 
-    enc = ProxyEncoder(epochs=epochs, width=width, seed=proxy_seed, embedding=embedding, checkpoint=checkpoint, device=device)
-    _, rec = embed(enc, dataset, cache=cache, progress=progress)
-    model = cached_proxy(enc, dataset, cache, rec["key"])
-    if model is None:  # a cached embedding without its proxy (an older cache): train it again
-        model = enc.train(dataset, progress)
+    model = fitted_proxy(proxy, dataset, cache, progress)
     store = quantize_pixels(dataset, indices, model, drop_ratio, patch, device=device, progress=progress, meta={"source": str(dataset.source), "fingerprint": dataset.fingerprint()})
     files = {"patches.dsqp": lambda path: store.save(path)}
     spec = reconstructor
@@ -408,10 +404,11 @@ def compress(
         pixels_record = None
         if drop_ratio is not None:
             t = time.perf_counter()
-            pixels_record, extra_files = _quantize_pixels(
-                dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy_seed,
-                epochs, proxy_width, proxy_checkpoint, embedding, device, progress, mae_options or {},
-            )
+            from .embed import ProxyEncoder
+
+            # the run's proxy when it embedded with one, else the proxy it would have used
+            proxy = ctx.encoder if isinstance(ctx.encoder, ProxyEncoder) else _encoder(dataset, "proxy", text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device)
+            pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {})
             timings["pixels"] = time.perf_counter() - t
 
         n_classes = len(dataset.classes)

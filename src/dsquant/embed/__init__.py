@@ -20,6 +20,8 @@ __all__ = [
     "PrecomputedEncoder",
     "ProxyEncoder",
     "cached_proxy",
+    "embedding_key",
+    "fitted_proxy",
     "embed",
     "make_encoder",
     "softmax_delta",
@@ -45,10 +47,15 @@ def make_encoder(spec: str, **proxy_options) -> Encoder:
     raise ValueError(f"encoder: expected 'proxy', 'pixels' or 'features:PATH', got {spec!r}")
 
 
-def cached_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None, key: str):
-    """The trained proxy model: the encoder's own if it trained in this process, else the one
-    cached under the embedding's ``key`` (None when neither exists, or the cached state does not
-    fit the proxy of this dataset)."""
+def embedding_key(encoder: Encoder, dataset) -> str:
+    """The cache key of ``encoder``'s embedding of ``dataset`` (and of the proxy trained for it)."""
+    return hash_key({"v": _EMBED_VERSION, "data": dataset.fingerprint(), "encoder": encoder.config()})
+
+
+def cached_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None, key: str | None = None):
+    """The trained proxy model: the encoder's own if it trained (or was loaded) in this process,
+    else the one cached beside its embedding (None when neither exists, or the cached state does
+    not fit the proxy of this dataset). A loaded model becomes ``encoder.model``."""
     if encoder.model is not None:
         return encoder.model
     if cache is None:
@@ -57,12 +64,26 @@ def cached_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None, key: str
 
     model = encoder.build(dataset)
     spec = {k: (v.dtype.kind, v.shape) for k, v in state_to_arrays(model).items()}
-    arrays = cache.load("proxy", key, spec, lambda a: a.keys() == spec.keys())
+    arrays = cache.load("proxy", key or embedding_key(encoder, dataset), spec, lambda a: a.keys() == spec.keys())
     if arrays is None:
         return None
     model.load_state_dict(arrays_to_state(arrays))
     encoder.model = model.eval()
     return encoder.model
+
+
+def fitted_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None = None, progress: bool = False):
+    """The proxy of ``dataset`` fitted once: ``encoder.model`` if it has one, else the one cached
+    beside its embedding, else trained now (and cached). Every stage that needs the proxy (the
+    embedding, ADQ's proxy diversity, Grad-CAM++ patch scores) gets this one object."""
+    model = cached_proxy(encoder, dataset, cache)
+    if model is None:
+        model = encoder.train(dataset, progress)
+        if cache is not None:
+            from .proxy import state_to_arrays
+
+            cache.save("proxy", embedding_key(encoder, dataset), state_to_arrays(model))
+    return model
 
 
 def _embedding_entry(n: int):
@@ -89,7 +110,7 @@ def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool 
     """
     import json
 
-    key = hash_key({"v": _EMBED_VERSION, "data": dataset.fingerprint(), "encoder": encoder.config()})
+    key = embedding_key(encoder, dataset)
     t0 = time.perf_counter()
     if cache is not None:
         hit = cache.load("embeddings", key, *_embedding_entry(len(dataset)))

@@ -178,15 +178,29 @@ def train_and_test(
     return {"accuracy": acc, "n_train": n, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def summarise(records: list[dict], keys: tuple[str, ...] = ("arch",)) -> list[dict]:
-    """Mean and sample standard deviation of ``accuracy`` per group of ``keys``."""
+def summarise(records: list[dict], keys: tuple[str, ...] = ("arch",), confidence: float | None = None) -> list[dict]:
+    """Mean and sample standard deviation of ``accuracy`` per group of ``keys``.
+
+    Groups come in the order of their first record, and each group's values in record order
+    (pass the records sorted for results that do not depend on their order to the last bit).
+    ``std`` is 0.0 for a group of one.
+
+    With ``confidence`` (e.g. 0.95), each group also gets ``ci_low`` and ``ci_high``: the
+    Student's t interval of the mean, ``mean -+ t_{(1 + c)/2, n - 1} * std / sqrt(n)``
+    (:func:`dsquant.evaluate.stats.mean_interval`; NaN for a group of one).
+    """
     groups: dict[tuple, list[float]] = {}
     for r in records:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r["accuracy"])
     out = []
     for key, accs in groups.items():
         a = np.array(accs)
-        out.append({**dict(zip(keys, key)), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)})
+        s = {**dict(zip(keys, key)), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+        if confidence is not None:
+            from .stats import mean_interval
+
+            s["ci_low"], s["ci_high"] = mean_interval(a, confidence)
+        out.append(s)
     return out
 
 

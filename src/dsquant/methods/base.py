@@ -96,15 +96,15 @@ class Context:
         return self._embedding
 
     def proxy(self):
-        """``(model, key)``: the trained proxy classifier of the embedding and its cache key, or
-        None when the encoder is not the proxy."""
-        from ..embed import ProxyEncoder, cached_proxy
+        """``(model, key)``: the proxy classifier the embedding came from (fitted once, the same
+        object for every stage: :func:`dsquant.embed.fitted_proxy`) and its cache key, or None
+        when the encoder is not the proxy."""
+        from ..embed import ProxyEncoder, fitted_proxy
 
         self.embedding()
         if not isinstance(self.encoder, ProxyEncoder):
             return None
-        key = self.embedding_record["key"]
-        return cached_proxy(self.encoder, self.dataset, self.cache, key), key
+        return fitted_proxy(self.encoder, self.dataset, self.cache, self.progress), self.embedding_record["key"]
 
 
 class SelectionMethod:

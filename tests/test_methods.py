@@ -172,3 +172,13 @@ def test_the_proxy_is_fitted_once_for_every_stage(monkeypatch):
     calls.clear()
     dsquant.compress(ds, ratio=0.1, method="random", epochs=1, drop_ratio=0.25, use_cache=False)
     assert len(calls) == 1  # random has no embedding: the pixel stage fits the proxy itself, once
+
+
+def test_compress_and_open_run_give_one_run_type(tmp_path):
+    run = dsquant.compress("digits", ratio=0.05, method="random", out=tmp_path / "r")
+    back = dsquant.open_run(tmp_path / "r")
+    assert type(run) is type(back) is dsquant.Run and run.path == back.path == tmp_path / "r"
+    assert np.array_equal(run.indices, back.indices) and run.manifest == back.manifest
+    assert run.open_dataset() is run.dataset  # held, not read again
+    ds = back.open_dataset()  # read and checked by fingerprint
+    assert ds.fingerprint() == run.dataset.fingerprint() and back.open_dataset() is ds

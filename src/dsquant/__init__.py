@@ -33,9 +33,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compress": ("pipeline", "compress"),
-    "CompressResult": ("pipeline", "CompressResult"),
+    "CompressResult": ("artifact", "Run"),
+    "Run": ("artifact", "Run"),
     "open_run": ("artifact", "read_output"),
-    "CompressedOutput": ("artifact", "CompressedOutput"),
+    "CompressedOutput": ("artifact", "Run"),
     "load_subset": ("torch_data", "load_subset"),
     "SubsetDataset": ("torch_data", "SubsetDataset"),
 }
@@ -49,6 +50,7 @@ __all__ = [
     "GradientEmbedding",
     "METHODS",
     "Random",
+    "Run",
     "Selection",
     "SelectionMethod",
     "SubsetDataset",

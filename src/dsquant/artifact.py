@@ -36,7 +36,7 @@ import stat
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -51,6 +51,7 @@ __all__ = [
     "AtomicOutput",
     "CompressedOutput",
     "EXPORT_RECORD",
+    "Run",
     "atomic_dir",
     "class_folders",
     "export_subset",
@@ -569,26 +570,44 @@ def write_output(
 
 
 @dataclass
-class CompressedOutput:
-    """A compression run read back from its directory (checked by :func:`read_output`)."""
+class Run:
+    """A compression run: what :func:`dsquant.compress` returns and what
+    :func:`dsquant.open_run` (:func:`read_output`) reads back from an output directory.
 
-    path: Path
+    Attributes:
+        path: the output directory, or None when the run was not written.
+        indices: (M,) sorted int64 indices of the compressed set into the dataset.
+        bins: the K bins (int64 index arrays); empty for a method without bins.
+        manifest: the run's manifest (method, parameters, dataset fingerprint, counts, times).
+        dataset: the dataset, when the run holds it (after ``compress``, or once
+            :meth:`open_dataset` has read it).
+    """
+
+    path: Path | None
     indices: np.ndarray
     bins: list[np.ndarray]
     manifest: dict
+    dataset: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def out(self) -> Path | None:
+        """The output directory (the earlier name of :attr:`path`)."""
+        return self.path
+
     def open_dataset(self, data=None, cache=None, progress: bool = False):
-        """The dataset the indices refer to: ``data`` (a path or dataset object), by default the
-        manifest's source, read as the run read it.
+        """The dataset the indices refer to: the one the run holds, else ``data`` (a path or
+        dataset object), by default the manifest's source, read as the run read it and checked.
 
         Raises:
             ValueError: if its fingerprint differs from the manifest's (the source changed, or
                 it is another dataset: the indices would pick the wrong samples).
             DataError: if it cannot be read.
         """
+        if data is None and self.dataset is not None:
+            return self.dataset
         from .pipeline import read_dataset
 
         info = self.manifest["dataset"]
@@ -600,7 +619,12 @@ class CompressedOutput:
                 f"{self.path}: the dataset read from {source} is not the one these indices refer to "
                 f"(it changed since it was compressed: fingerprint {ds.fingerprint()} != {info.get('fingerprint')})"
             )
+        if data is None:
+            self.dataset = ds
         return ds
+
+
+CompressedOutput = Run  # the earlier name
 
 
 def _check_index_array(arr: np.ndarray, path: Path, n: int, sorted_unique: bool) -> np.ndarray:
@@ -613,7 +637,7 @@ def _check_index_array(arr: np.ndarray, path: Path, n: int, sorted_unique: bool)
     return arr.astype(np.int64, copy=False)
 
 
-def read_output(path: str | os.PathLike) -> CompressedOutput:
+def read_output(path: str | os.PathLike) -> Run:
     """Read and check an output directory written by :func:`write_output`.
 
     Only plain file names inside ``path`` are read (the manifest cannot point elsewhere), only
@@ -658,4 +682,4 @@ def read_output(path: str | os.PathLike) -> CompressedOutput:
         raise ValueError(f"{path / 'bins.npz'}: expected arrays bin_0 .. bin_{len(arrays) - 1}, got {sorted(arrays)[:5]}")
     bins = [_check_index_array(arrays[k], path / "bins.npz", n, sorted_unique=False) for k in names]
     indices = _check_index_array(indices, path / "indices.npy", n, sorted_unique=True)
-    return CompressedOutput(path, indices, bins, manifest)
+    return Run(path, indices, bins, manifest)

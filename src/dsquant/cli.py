@@ -161,7 +161,9 @@ def _add_benchmark(sub) -> None:
         "benchmark",
         help="grid of datasets x methods x keep ratios x architectures x seeds",
         description="Run (or resume) a benchmark grid. Every finished cell is stored in OUT/results.sqlite "
-        "and skipped on a rerun; writes OUT/results.csv, results.md and accuracy.png.",
+        "and skipped on a rerun; writes OUT/results.csv, summary.csv, results.md and accuracy.png. The "
+        "reports give each method's difference from class-balanced random, paired by seed, with its 95 % "
+        "interval (Student's paired t).",
     )
     p.add_argument("--data", nargs="+", required=True, help="datasets with a test split (paths, or 'digits')")
     from .evaluate.grid import DEFAULT_METHODS, FULL
@@ -170,7 +172,8 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[FULL, *METHODS], help=f"{FULL} (the whole training set) and the selection methods (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.01, 0.05, 0.1, 0.2])
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=_seed, help="seeds of sampling and training (default: 0 .. N-1 with N from --n-seeds); wins over --n-seeds")
+    p.add_argument("--n-seeds", type=_positive_int, default=10, metavar="N", help="run seeds 0 .. N-1 when --seeds is not given (default 10)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--out", required=True, help="directory of the results")
     p.add_argument("--bins", type=_positive_int, default=10, help="bins K of dq/adq (default 10)")
@@ -219,7 +222,8 @@ def _cmd_benchmark(args) -> int:
         opts["alpha"] = args.alpha
     if args.diversity_encoder is not None:
         opts["diversity_encoder"] = args.diversity_encoder
-    grid = Grid(args.data, args.methods, args.ratios, args.arch, args.seeds, args.preset, opts)
+    seeds = args.seeds if args.seeds is not None else list(range(args.n_seeds))
+    grid = Grid(args.data, args.methods, args.ratios, args.arch, seeds, args.preset, opts)
     db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
     print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")

@@ -8,7 +8,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,34 +15,15 @@ import numpy as np
 from . import __version__
 from .cache import Cache, hash_key
 from .core.sampling import budget, check_ratio
-from .artifact import AtomicOutput, check_export, fill_output
+from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQ, Context, SelectionMethod, make_method
 from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, load_dataset
 
-__all__ = ["CompressResult", "compress", "read_dataset"]
+__all__ = ["CompressResult", "Run", "compress", "read_dataset"]
 _READ_VERSION = 2  # 2: 16-bit and float images scaled, empty classes refused (issue 11)
 
 
-@dataclass
-class CompressResult:
-    """What :func:`compress` produced.
-
-    Attributes:
-        indices: sorted int64 indices of the compressed set into the dataset.
-        bins: the K bins (int64 index arrays); empty for a method without bins (random).
-        manifest: the run's manifest (also written to ``out/manifest.json``).
-        out: the output directory, or None when nothing was written.
-        dataset: the dataset that was compressed.
-    """
-
-    indices: np.ndarray
-    bins: list[np.ndarray]
-    manifest: dict
-    out: Path | None
-    dataset: object = field(repr=False)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+CompressResult = Run  # the earlier name of what compress returns
 
 
 def _source_signature(path: Path) -> dict:
@@ -274,7 +254,7 @@ def compress(
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
-) -> CompressResult:
+) -> Run:
     """Compress a dataset by Dataset Quantization: the Python face of ``dsquant compress``.
 
     Args:
@@ -330,7 +310,7 @@ def compress(
         command: the command line, recorded in the manifest.
 
     Returns:
-        A :class:`CompressResult`.
+        A :class:`dsquant.artifact.Run` (``path`` None when ``out`` is None).
 
     Raises:
         ValueError: on a bad argument (ratio outside (0, 1], bins < 1 or more bins than samples
@@ -472,7 +452,7 @@ def compress(
         else:
             timings["total"] = time.perf_counter() - t_start
             manifest["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        return CompressResult(indices, bins, manifest, out_path, dataset)
+        return Run(out_path, indices, bins, manifest, dataset)
     finally:
         if writer is not None:
             writer.abort()  # nothing half-written: the temporary directory goes, the lock too

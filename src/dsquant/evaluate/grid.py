@@ -4,8 +4,10 @@ Every finished cell is a row of a SQLite file (committed at once), so a rerun sk
 killed run loses at most the cell in progress. Selections are stored too. Cells are keyed by
 the dataset's content (its fingerprint), not its file name: another dataset of the same name,
 or the same one edited, runs its own cells, and the reports tell same-named datasets apart by
-fingerprint. The results are written as CSV, a Markdown table (mean +- std over seeds) and a
-PNG plot of accuracy against keep ratio, one panel per architecture.
+fingerprint. The results are written as CSV (every training, and a summary), a Markdown table
+(mean +- std over seeds, and each method's difference from random paired by seed with its 95 %
+Student's t interval) and a PNG plot of accuracy against keep ratio (means with their 95 % t
+intervals), one panel per architecture.
 
 Methods: ``full`` (the whole training set), ``random`` (class-balanced random sampling, seeded
 like the others), ``dq`` and ``adq``. The proxy and the bins are computed once per dataset
@@ -29,7 +31,7 @@ from ..methods import ADQ, DQ, Random
 from .archs import get_architecture
 from .harness import PRESETS, Preset, summarise, train_and_test
 
-__all__ = ["DEFAULT_METHODS", "FULL", "Grid", "run_grid", "write_reports"]
+__all__ = ["CONFIDENCE", "DEFAULT_METHODS", "FULL", "Grid", "run_grid", "summarise_grid", "write_reports"]
 
 FULL = "full"
 """The grid's reference row: the whole training set (not a selection method)."""
@@ -245,16 +247,120 @@ def _rows(db: Path, preset: str | None = None, options: str | None = None) -> li
     return rows
 
 
+CONFIDENCE = 0.95
+"""Level of the reports' intervals (of a mean, and of a method's paired difference from random)."""
+
+SUMMARY_COLUMNS = [
+    "dataset", "arch", "method", "ratio", "n", "mean", "std", "ci95_low", "ci95_high",
+    "diff_vs_random", "diff_std", "n_pairs", "diff_ci95_low", "diff_ci95_high", "diff_excludes_zero",
+]
+"""Columns of ``summary.csv``: accuracies as fractions in [0, 1], as in ``results.csv``."""
+
+
+def _row_order(r: dict) -> tuple:
+    """A total order of result rows, so that the reports do not depend on the database's."""
+    return (r["dataset"], r["arch"], r["method"], r["ratio"], str(r.get("preset")), r["seed"], str(r.get("options")), str(r.get("fingerprint")))
+
+
+def _method_rank(method: str, present) -> tuple:
+    order = _methods_in_order(present)
+    return (order.index(method) if method in order else len(order) + (method == FULL), method)
+
+
+def summarise_grid(rows: list[dict], confidence: float = CONFIDENCE) -> list[dict]:
+    """Per (dataset, arch, method, ratio): ``mean``, ``std``, ``n`` and the Student's t interval
+    of the mean (``ci_low``, ``ci_high``); and for every method other than ``random`` and
+    ``full``, its difference from ``random`` at the same (dataset, arch, ratio), paired by seed
+    (:func:`dsquant.evaluate.stats.paired_difference`): ``diff`` (a
+    :class:`~dsquant.evaluate.stats.PairedDifference`, or None where there is no random cell)
+    and ``paired`` (``"ok"``, ``"no random"``, or ``"several runs per seed"`` when rows of
+    several presets or compress options are mixed and a seed has more than one run: then no
+    difference is computed).
+
+    Seeds only one of the two has are left out of the difference (see ``diff.n``). Pairs are
+    keyed by (preset, seed). Sorted like the Markdown report: dataset, arch, method (random
+    first, full last), ratio.
+    """
+    from .stats import paired_difference
+
+    rows = sorted(rows, key=_row_order)
+    summary = summarise(rows, keys=("dataset", "arch", "method", "ratio"), confidence=confidence)
+    per_seed: dict[tuple, dict] = {}
+    several: set[tuple] = set()
+    for r in rows:
+        g = (r["dataset"], r["arch"], r["method"], r["ratio"])
+        k = (str(r.get("preset")), r["seed"])
+        if k in per_seed.setdefault(g, {}):
+            several.add(g)
+        per_seed[g][k] = r["accuracy"]
+    for s in summary:
+        s["diff"], s["paired"] = None, None
+        if s["method"] in (Random.name, FULL):
+            continue
+        g = (s["dataset"], s["arch"], s["method"], s["ratio"])
+        base = (s["dataset"], s["arch"], Random.name, s["ratio"])
+        if base not in per_seed:
+            s["paired"] = "no random"
+        elif g in several or base in several:
+            s["paired"] = "several runs per seed"
+        else:
+            s["diff"], s["paired"] = paired_difference(per_seed[g], per_seed[base], confidence), "ok"
+    present = {s["method"] for s in summary}
+    summary.sort(key=lambda s: (s["dataset"], s["arch"], _method_rank(s["method"], present), s["ratio"]))
+    return summary
+
+
+def _num(x) -> str:
+    """A CSV number: ``repr`` of the float (exact, deterministic); empty for None or NaN."""
+    if x is None or (isinstance(x, float) and x != x):
+        return ""
+    return repr(float(x)) if isinstance(x, float) else str(x)
+
+
+def _summary_csv_row(s: dict) -> list[str]:
+    d = s["diff"]
+    row = [s["dataset"], s["arch"], s["method"], _num(s["ratio"]), str(s["n"]), _num(s["mean"]), _num(s["std"]), _num(s["ci_low"]), _num(s["ci_high"])]
+    if d is None:
+        return row + [""] * 6
+    return row + [_num(d.mean), _num(d.std), str(d.n), _num(d.low), _num(d.high), str(d.excludes_zero)]
+
+
+def _md_cell(s: dict, show_n: bool) -> str:
+    """``50.93 ± 0.44 (+0.77 [+0.12, +1.42]*)``: mean ± std (%); the paired difference from
+    random (percentage points) and its interval, * where it excludes 0."""
+    parts = [f"n={s['n']}"] if show_n else []
+    d = s["diff"]
+    if s["paired"] == "several runs per seed":
+        parts.append("not paired: several runs per seed")
+    elif d is not None:
+        pairs = f", {d.n} pairs" if d.n != s["n"] else ""
+        if d.n >= 2:
+            parts.append(f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]{'*' if d.excludes_zero else ''}{pairs}")
+        elif d.n == 1:
+            parts.append(f"{100 * d.mean:+.2f}, 1 pair: no interval")
+        else:
+            parts.append("no seed in common with random")
+    cell = f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    return cell + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, preset: str | None = None, options: str | None = None, title: str = "") -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md`` and ``accuracy.png`` next to (or into ``out``).
+    """Write ``results.csv`` (one row per training), ``summary.csv`` and ``results.md`` (per
+    dataset, architecture, method and keep ratio: mean, std, n and the 95 % interval of the
+    mean; for each method other than random and full, its difference from class-balanced random
+    paired by seed, with its 95 % Student's paired t interval, see :func:`summarise_grid`) and
+    ``accuracy.png`` (means with their 95 % t intervals) next to ``db`` (or into ``out``).
+
+    The reports depend on the database's rows only, not on their order: the same database
+    gives the same CSV and Markdown bytes.
 
     Returns:
-        The paths written, by kind.
+        The paths written, by kind (``csv``, ``summary``, ``md``, ``png``).
     """
     db = Path(db)
     out = Path(out) if out is not None else db.parent
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(db, preset, options)
+    rows = sorted(_rows(db, preset, options), key=_row_order)
     paths = {}
     csv_path = out / "results.csv"
     cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options", "fingerprint"]
@@ -264,26 +370,47 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
         for r in sorted(rows, key=lambda r: (r["dataset"], r["arch"], r["method"], r["ratio"], r["seed"])):
             w.writerow(r)
     paths["csv"] = csv_path
-    summary = summarise(rows, keys=("dataset", "arch", "method", "ratio"))
+    summary = summarise_grid(rows, CONFIDENCE)
+    summary_path = out / "summary.csv"
+    with open(summary_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SUMMARY_COLUMNS)
+        for s in summary:
+            w.writerow(_summary_csv_row(s))
+    paths["summary"] = summary_path
+    level = f"{100 * CONFIDENCE:g} %"
     md = [f"# {title}" if title else "# Benchmark results", ""]
+    md.append(
+        "Test accuracy (%) of the final training epoch, mean ± sample std over seeds. In brackets, for "
+        "each method other than random: its difference from class-balanced random at the same keep ratio "
+        f"(percentage points), paired by seed, with its {level} interval by Student's paired t test "
+        f"(t distribution, n − 1 degrees of freedom); * marks an interval that excludes 0."
+    )
+    md.append("")
     for ds in sorted({s["dataset"] for s in summary}):
         for arch in sorted({s["arch"] for s in summary if s["dataset"] == ds}):
             sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
             ratios = sorted({s["ratio"] for s in sub if s["method"] != FULL})
             methods = _methods_in_order({s["method"] for s in sub})
+            ns = {s["n"] for s in sub}
+            show_n = len(ns) > 1
             md.append(f"## {ds} / {arch}")
             md.append("")
+            if not show_n:
+                n = next(iter(ns))
+                md.append(f"{n} seed{'s' if n != 1 else ''} per cell.")
+                md.append("")
             md.append("| method | " + " | ".join(f"{100 * r:g} %" for r in ratios) + " |")
             md.append("|---|" + "---|" * len(ratios))
             for m in methods:
                 cells = []
                 for r in ratios:
                     s = next((s for s in sub if s["method"] == m and s["ratio"] == r), None)
-                    cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})" if s else "-")
+                    cells.append(_md_cell(s, show_n) if s else "-")
                 md.append(f"| {m} | " + " | ".join(cells) + " |")
             full = next((s for s in sub if s["method"] == FULL), None)
             if full:
-                md.append(f"| full (100 %) | {100 * full['mean']:.2f} ± {100 * full['std']:.2f} (n={full['n']}) |" + " |" * (len(ratios) - 1))
+                md.append(f"| full (100 %) | {_md_cell(full, show_n)} |" + " |" * (len(ratios) - 1))
             md.append("")
     md_path = out / "results.md"
     md_path.write_text("\n".join(md) + "\n")
@@ -310,10 +437,12 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
     for ax, (ds, arch) in zip(axes.flat, panels):
         sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
         for m in methods:
-            pts = sorted((s["ratio"], s["mean"], s["std"]) for s in sub if s["method"] == m)
+            pts = sorted((s["ratio"], s["mean"], s["ci_low"], s["ci_high"]) for s in sub if s["method"] == m)
             if pts:
-                r, mu, sd = map(np.array, zip(*pts))
-                ax.errorbar(100 * r, 100 * mu, yerr=100 * sd, marker="o", ms=4, capsize=3, label=m, color=colors[m])
+                r, mu, lo, hi = map(np.array, zip(*pts))
+                # the 95 % t interval of the mean; none drawn for a single seed
+                yerr = np.nan_to_num(np.stack([mu - lo, hi - mu]), nan=0.0)
+                ax.errorbar(100 * r, 100 * mu, yerr=100 * yerr, marker="o", ms=4, capsize=3, label=m, color=colors[m])
         full = next((s for s in sub if s["method"] == FULL), None)
         if full:
             ax.axhline(100 * full["mean"], ls="--", color="k", lw=1, label="full")
@@ -323,7 +452,7 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("keep ratio (%)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test accuracy (%), mean ± {100 * CONFIDENCE:g} % CI", fontsize=9)
         ax.set_title(f"{ds} / {arch}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

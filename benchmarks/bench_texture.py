@@ -22,7 +22,7 @@ def main() -> None:
     tar = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar"
     if tar.exists():
         from dsquant.cache import Cache
-        from dsquant.pipeline import read_dataset
+        from dsquant.data import read_dataset
 
         images = read_dataset(str(tar), cache=Cache()).images[: args.n]
         source = "CIFAR-10 train"

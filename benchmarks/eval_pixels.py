@@ -17,7 +17,7 @@ import numpy as np
 
 from dsquant.cache import Cache
 from dsquant.embed import ProxyEncoder, cached_proxy, embed
-from dsquant.pipeline import read_dataset
+from dsquant.data import read_dataset
 from dsquant.pixels import PatchStore, default_patch, gradcam_plusplus, keep_masks, patch_scores
 from dsquant.pixels.reconstruct import InpaintReconstructor, MAEReconstructor
 from dsquant.pixels.train_mae import train_tiny_mae

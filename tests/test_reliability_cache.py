@@ -22,7 +22,7 @@ import dsquant.cache as cache_mod
 from dsquant.cache import Cache, hash_key, matches
 from dsquant.data import DataError, load_digits
 from dsquant.evaluate import PRESETS, Grid, Preset, evaluate_output, run_grid, train_and_test, write_reports
-from dsquant.pipeline import read_dataset
+from dsquant.data import read_dataset
 
 TINY = Preset("tiny", ("logreg",), samples=2000, min_epochs=1, max_epochs=2, lr=0.1, schedule="onecycle", batch_size=16)
 
@@ -94,7 +94,7 @@ def _cached_entry(tmp_path):
 
 
 def _count_decodes(monkeypatch):
-    import dsquant.pipeline as pipeline
+    import dsquant.data.cached as pipeline  # where read_dataset calls the uncached reader
 
     calls = []
     real = pipeline.load_dataset
@@ -241,20 +241,20 @@ def test_other_call_sites_recompute_a_corrupted_entry(tmp_path):
 
 
 def test_a_corrupted_tiny_mae_entry_is_trained_again(tmp_path):
-    from dsquant.pipeline import _tiny_mae
+    from dsquant.pixels.train_mae import cached_tiny_mae
 
     ds = load_digits().subset(np.arange(64))
     cache = Cache(tmp_path)
     options = {"epochs": 1, "max_samples": 64, "dim": 32, "depth": 1, "decoder_dim": 32, "decoder_depth": 1}
-    model, info = _tiny_mae(ds, 4, cache, 0, None, False, options)
-    assert not info["cached"] and _tiny_mae(ds, 4, cache, 0, None, False, options)[1]["cached"]
+    model, info = cached_tiny_mae(ds, 4, cache, 0, None, False, options)
+    assert not info["cached"] and cached_tiny_mae(ds, 4, cache, 0, None, False, options)[1]["cached"]
     (entry,) = (tmp_path / "mae").glob("*.npz")
     with open(entry, "wb") as f:
         np.savez(f, __config__=np.array('{"img_size": "x"}'), __info__=np.array("{}"), w=np.zeros(3))
-    again, info2 = _tiny_mae(ds, 4, cache, 0, None, False, options)
+    again, info2 = cached_tiny_mae(ds, 4, cache, 0, None, False, options)
     assert not info2["cached"]
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
-    assert _tiny_mae(ds, 4, cache, 0, None, False, options)[1]["cached"]
+    assert cached_tiny_mae(ds, 4, cache, 0, None, False, options)[1]["cached"]
 
 
 # ---- 4: temporary files of killed writers -----------------------------------------------------

@@ -608,7 +608,7 @@ class Run:
         """
         if data is None and self.dataset is not None:
             return self.dataset
-        from .pipeline import read_dataset
+        from .data import read_dataset
 
         info = self.manifest["dataset"]
         params = self.manifest.get("parameters") or {}

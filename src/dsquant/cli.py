@@ -312,7 +312,7 @@ def _is_checkpoint(path: Path) -> bool:
 
 def _cmd_train_mae(args) -> int:
     from .cache import Cache
-    from .pipeline import read_dataset
+    from .data import read_dataset
     from .pixels import default_patch
     from .pixels.train_mae import save_mae, train_tiny_mae
 

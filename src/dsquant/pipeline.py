@@ -17,68 +17,12 @@ from .cache import Cache, hash_key
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQ, Context, SelectionMethod, make_method
-from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, load_dataset
+from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, read_dataset
 
 __all__ = ["CompressResult", "Run", "compress", "read_dataset"]
-_READ_VERSION = 2  # 2: 16-bit and float images scaled, empty classes refused (issue 11)
 
 
 CompressResult = Run  # the earlier name of what compress returns
-
-
-def _source_signature(path: Path) -> dict:
-    """What identifies a dataset file or directory on disk: a hash of its content (for a
-    directory, of every file's relative path and bytes), so an edited file is seen whatever its
-    size and modification time. About 0.1 s per 100 MB, well under the decoding.
-
-    Raises:
-        OSError: if a file cannot be read.
-    """
-    from .cache import file_digest, tree_digest
-
-    if path.is_dir():
-        return {"dir_sha256": tree_digest(path)}
-    return {"file_sha256": file_digest(path)}
-
-
-def read_dataset(
-    data,
-    split: str = "train",
-    image_size: int | None = None,
-    labels: str | None = None,
-    cache: Cache | None = None,
-    progress: bool = False,
-    template: str | None = None,
-    group_by: str | None = None,
-):
-    """Read ``data`` (a path, ``"digits"``, or a dataset object). Decoded image archives and
-    folders are cached (keyed by a hash of the files' content), so a second run skips the
-    decoding; a cache entry that does not hold a valid dataset is decoded again and overwritten.
-
-    Raises:
-        DataError: if the dataset is missing, unreadable or malformed.
-    """
-    if isinstance(data, (ImageDataset, FeatureDataset, TextDataset)) or hasattr(data, "fingerprint"):
-        return data
-    fmt = detect_format(data)
-    if cache is None or fmt not in ("tar", "imagefolder", "cifar"):
-        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress, template=template, group_by=group_by)
-    try:
-        src = _source_signature(Path(data))
-    except OSError:  # unreadable: the reader says which file and why
-        return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
-    key = hash_key({"v": _READ_VERSION, "src": src, "format": fmt, "split": split, "size": image_size})
-    expect = {"images": ("u", 4), "labels": ("iu", 1), "classes": ("U", 1), "split": ("U", 0)}
-    sized = lambda a: image_size is None or a["images"].shape[1:3] == (image_size, image_size)  # noqa: E731
-    hit = cache.load("datasets", key, expect, sized)
-    if hit is not None:
-        try:
-            return ImageDataset(hit["images"], hit["labels"], [str(c) for c in hit["classes"]], str(data), str(hit["split"]))
-        except DataError:
-            pass  # not a valid dataset (labels out of range, ...): decode again, overwrite it
-    ds = load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress)
-    cache.save("datasets", key, {"images": ds.images, "labels": ds.labels, "classes": np.array(ds.classes), "split": np.array(ds.split)})
-    return ds
 
 
 def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device, text_max_tokens=None):
@@ -115,7 +59,9 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
     spec = reconstructor
     mae_info = None
     if reconstructor == TRAIN_NOW:
-        model_mae, mae_info = _tiny_mae(dataset, store.patch, cache, proxy_seed, device, progress, mae_options)
+        from .pixels.train_mae import cached_tiny_mae
+
+        model_mae, mae_info = cached_tiny_mae(dataset, store.patch, cache, proxy_seed, device, progress, mae_options)
         from .pixels.train_mae import save_mae
 
         files[f"{TRAIN_NOW}.pt"] = lambda path: save_mae(model_mae, path, mae_info)
@@ -139,24 +85,6 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
             "png": png_bytes(dataset.images[indices]),
         },
     }, files
-
-
-def _tiny_mae(dataset, patch, cache, seed, device, progress, options):
-    """A tiny MAE trained on the dataset (cached by data and settings; an entry that does not
-    hold a loadable model is trained again and overwritten)."""
-    from .pixels.train_mae import MAE_ENTRY, mae_from_arrays, mae_to_arrays, train_tiny_mae
-
-    settings = {"patch": patch, "seed": seed, **options}
-    key = hash_key({"v": 1, "data": dataset.fingerprint(), "tiny_mae": settings})
-    hit = cache.load("mae", key, MAE_ENTRY) if cache is not None else None
-    loaded = mae_from_arrays(hit) if hit is not None else None
-    if loaded is not None:
-        model, info = loaded
-        return model, {**info, "cached": True}
-    model, info = train_tiny_mae(dataset.images, patch, seed=seed, device=device, progress=progress, **options)
-    if cache is not None:
-        cache.save("mae", key, mae_to_arrays(model, info))
-    return model, {**info, "cached": False}
 
 
 def _shape(dataset) -> list[int] | None:

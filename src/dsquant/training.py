@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import Normalize  # noqa: F401  (its home is models.py; imported here for earlier callers)
+
 __all__ = [
     "TrainConfig",
     "Normalize",
@@ -106,33 +108,6 @@ def load_checkpoint(path, what: str = "checkpoint", map_location="cpu"):
 def set_threads() -> None:
     """Use every core for torch's CPU kernels."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-
-class Normalize(nn.Module):
-    """Maps uint8-range images scaled to [0, 1] to zero mean, unit variance per channel."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1))
-
-    @staticmethod
-    def stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1] units."""
-        x = images.reshape(-1, images.shape[-1])
-        step = 1 << 22
-        total = np.zeros(x.shape[1])
-        sq = np.zeros(x.shape[1])
-        for i in range(0, len(x), step):
-            part = x[i : i + step].astype(np.float64) / 255.0
-            total += part.sum(0)
-            sq += (part * part).sum(0)
-        mean = total / len(x)
-        std = np.sqrt(np.maximum(sq / len(x) - mean * mean, 1e-12))
-        return mean, std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 @dataclass

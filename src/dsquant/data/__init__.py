@@ -128,3 +128,8 @@ def load_dataset(
     if fmt == "text":
         return read_text_records(spec, template=template, group_by=group_by)
     return read_features(spec, labels=labels)
+
+
+from .cached import read_dataset  # noqa: E402  (uses detect_format and load_dataset above)
+
+__all__.append("read_dataset")

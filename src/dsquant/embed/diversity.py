@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import check_width, proxy_resnet
-from ..training import Normalize, check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
+from ..models import Normalize
+from ..training import check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
 
 __all__ = ["random_resized_crop_flip", "two_view_embeddings", "SimCLREncoder", "nt_xent"]
 

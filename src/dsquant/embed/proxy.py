@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..models import check_width, proxy_resnet
-from ..training import Normalize, TrainConfig, check_seed, fit, load_checkpoint, predict, resolve_device
+from ..models import Normalize
+from ..training import TrainConfig, check_seed, fit, load_checkpoint, predict, resolve_device
 from .base import Embedding
 
 __all__ = ["ProxyEncoder", "softmax_delta", "state_to_arrays", "arrays_to_state"]

@@ -172,7 +172,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
     from tqdm.auto import tqdm
 
     from ..cache import Cache
-    from ..pipeline import read_dataset
+    from ..data import read_dataset
 
     out = Path(out)
     db = out / "results.sqlite"

@@ -137,7 +137,8 @@ def train_and_test(
     import torch
 
     from ..torch_data import check_indices
-    from ..training import Normalize, TrainConfig, check_seed, fit, predict, resolve_device
+    from ..models import Normalize
+    from ..training import TrainConfig, check_seed, fit, predict, resolve_device
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     spec = get_architecture(arch)
@@ -235,7 +236,7 @@ def evaluate_output(
     from ..artifact import read_output
     from ..cache import Cache
     from ..data import DataError
-    from ..pipeline import read_dataset
+    from ..data import read_dataset
     from ..torch_data import check_indices
 
     res = read_output(out_dir)

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import torch
 
-from ..training import Normalize, check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
+from ..models import Normalize
+from ..training import check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
 from .mae import MAEConfig, MaskedAutoencoderViT
 
-__all__ = ["tiny_mae_config", "train_tiny_mae", "random_keep", "check_mask_ratio", "save_mae", "mae_to_arrays", "mae_from_arrays", "MAE_ENTRY"]
+__all__ = ["cached_tiny_mae", "tiny_mae_config", "train_tiny_mae", "random_keep", "check_mask_ratio", "save_mae", "mae_to_arrays", "mae_from_arrays", "MAE_ENTRY"]
 
 
 def check_mask_ratio(mask_ratio, n_patches: int | None = None) -> int | None:
@@ -187,3 +188,27 @@ def mae_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[MaskedAutoencoderViT
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError, ZeroDivisionError):
         return None
     return (model.eval(), info) if isinstance(info, dict) else None
+
+
+def cached_tiny_mae(dataset, patch: int, cache=None, seed: int = 0, device=None, progress: bool = False, options: dict | None = None):
+    """A tiny MAE trained on ``dataset``'s images (:func:`train_tiny_mae`), cached by the data's
+    fingerprint and the settings; an entry that does not hold a loadable model is trained again
+    and overwritten.
+
+    Returns:
+        (the model, its training record with ``cached``: whether it came from the cache).
+    """
+    from ..cache import hash_key
+
+    options = dict(options or {})
+    settings = {"patch": patch, "seed": seed, **options}
+    key = hash_key({"v": 1, "data": dataset.fingerprint(), "tiny_mae": settings})
+    hit = cache.load("mae", key, MAE_ENTRY) if cache is not None else None
+    loaded = mae_from_arrays(hit) if hit is not None else None
+    if loaded is not None:
+        model, info = loaded
+        return model, {**info, "cached": True}
+    model, info = train_tiny_mae(dataset.images, patch, seed=seed, device=device, progress=progress, **options)
+    if cache is not None:
+        cache.save("mae", key, mae_to_arrays(model, info))
+    return model, {**info, "cached": False}

@@ -158,7 +158,7 @@ def test_reports_pair_by_seed_and_say_so(tmp_path):
     assert "seeds per cell." not in md  # n differs between cells: every cell says its n
     assert "(n=4; +2.00 [-0.48, +4.48], 3 pairs)" in md
     assert "| random | 52.00 ± 2.00 (n=3) |" in md
-    s = {(x["method"], x["ratio"]): x for x in summarise_grid([r | {} for r in _read(db)])}
+    s = {(x["method"], x["ratio"]): x for x in summarise_grid(_read(db))}
     assert s[("dq", 0.1)]["diff"].keys == (("tiny", 0), ("tiny", 1), ("tiny", 2))
 
 

@@ -182,3 +182,19 @@ def test_compress_and_open_run_give_one_run_type(tmp_path):
     assert run.open_dataset() is run.dataset  # held, not read again
     ds = back.open_dataset()  # read and checked by fingerprint
     assert ds.fingerprint() == run.dataset.fingerprint() and back.open_dataset() is ds
+
+
+def test_an_encoder_object_is_used_as_given_and_fitted_once(monkeypatch):
+    from dsquant.embed.proxy import ProxyEncoder
+
+    ds = load_digits()
+    by_name = dsquant.compress(ds, ratio=0.1, method=DQ(n_bins=4), encoder="proxy", epochs=1, proxy_width=8, use_cache=False)
+    enc = ProxyEncoder(epochs=1, width=8)
+    by_object = dsquant.compress(ds, ratio=0.1, method=DQ(n_bins=4), encoder=enc, use_cache=False)
+    assert np.array_equal(by_name.indices, by_object.indices) and enc.model is not None
+    calls = []
+    monkeypatch.setattr(ProxyEncoder, "train", lambda self, *a, **k: calls.append(1))
+    again = dsquant.compress(ds, ratio=0.1, method=ADQ(n_bins=4, diversity_encoder="proxy"), encoder=enc, use_cache=False, seed=1)
+    assert calls == [] and len(again.indices) == 144  # the fitted proxy served the embedding and ADQ
+    with pytest.raises(ValueError, match="encoder: expected a name"):
+        dsquant.compress(ds, ratio=0.1, encoder=42)

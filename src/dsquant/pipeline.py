@@ -26,10 +26,18 @@ CompressResult = Run  # the earlier name of what compress returns
 
 
 def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device, text_max_tokens=None):
-    """The encoder for ``dataset``: its own features, a sentence model for text, the proxy (or
-    the named encoder) for images."""
-    from .embed import IdentityEncoder, make_encoder
+    """The encoder for ``dataset``: ``encoder`` itself when it is an encoder object, else its
+    own features, a sentence model for text, the proxy (or the named encoder) for images.
 
+    Raises:
+        ValueError: on an unknown name, or something that is neither a name nor an encoder.
+    """
+    from .embed import Encoder, IdentityEncoder, make_encoder
+
+    if isinstance(encoder, Encoder):  # an object with name, config() and encode(): used as given
+        return encoder
+    if encoder is not None and not isinstance(encoder, str):
+        raise ValueError(f"encoder: expected a name ('proxy', 'pixels', 'features:PATH', 'sentence') or an encoder object, got {encoder!r}")
     if isinstance(dataset, FeatureDataset):
         return IdentityEncoder()
     if isinstance(dataset, TextDataset):
@@ -195,9 +203,12 @@ def compress(
             ``"adq"``, ``"random"``, ...), built with the shorthand options below (``n_bins``,
             ``alpha``, ``diversity_encoder``, ``representativeness``, ``simclr_options``,
             ``precision``, ``block_size``) that its constructor takes.
-        encoder: for images ``"proxy"`` (default: a small ResNet trained ``epochs`` epochs on
+        encoder: an encoder object (:class:`dsquant.embed.Encoder`, e.g.
+            ``ProxyEncoder(epochs=5)``; a fitted one is used as it is, not trained again), or a
+            name: for images ``"proxy"`` (default: a small ResNet trained ``epochs`` epochs on
             the data), ``"pixels"`` or ``"features:PATH"``; for text ``"sentence"`` (default,
-            ``text_model``) or ``"features:PATH"``. Feature datasets are their own embedding.
+            ``text_model``) or ``"features:PATH"``. Feature datasets are their own embedding
+            unless an encoder object is given.
         seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
         epochs: proxy training epochs.
         proxy_seed: a separate seed for the proxy (default ``seed``): with it fixed, the

@@ -447,3 +447,28 @@ def test_torch_floor_excludes_releases_with_weights_only_bypasses():
         assert not torch_req.specifier.contains(old), old
     assert torch_req.specifier.contains("2.10.0")
     assert Version(torch.__version__.split("+")[0]) >= Version("2.10")
+
+
+def test_evaluate_json_never_replaces_a_user_file(tmp_path, capsys, monkeypatch):
+    """--json is an output like the others: checked before the training, never written over a
+    file dsquant did not write, replaced with --overwrite when it is an earlier result."""
+    import dsquant.evaluate as evaluate
+
+    out = tmp_path / "run"
+    assert run(capsys, "compress", "digits", "--method", "random", "--ratio", "0.05", "--out", out, "--quiet")[0] == 0
+    result = {"preset": {}, "runs": [], "summary": [], "n_train": 72, "n_test": 360, "trained_on": "selected images"}
+    monkeypatch.setattr(evaluate, "evaluate_output", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    for flag in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "evaluate", out, "--json", notes, *flag)
+        one_line(code, err, "already exists" if not flag else "is not an evaluation result written by dsquant")
+    assert notes.read_text() == '{"mine": true}'
+    monkeypatch.setattr(evaluate, "evaluate_output", lambda *a, **k: result)
+    res = tmp_path / "res.json"
+    assert run(capsys, "evaluate", out, "--json", res)[0] == 0
+    assert json.loads(res.read_text()) == result
+    code, _, err = run(capsys, "evaluate", out, "--json", res)
+    one_line(code, err, "already exists")
+    assert run(capsys, "evaluate", out, "--json", res, "--overwrite")[0] == 0
+    assert sorted(os.listdir(tmp_path)) == ["notes.json", "res.json", "run"]

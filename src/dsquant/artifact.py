@@ -59,10 +59,10 @@ __all__ = [
     "fill_output",
     "is_export_dir",
     "is_export_npz",
+    "is_json_file",
     "is_run_dir",
     "read_output",
     "write_images",
-    "write_output",
 ]
 
 MANIFEST_MAX_BYTES = 64 << 20
@@ -111,17 +111,21 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return isinstance(m, dict) and "dsquant_version" in m and isinstance(m.get("files"), dict)
 
 
+def is_json_file(path: str | os.PathLike, keys: Iterable[str]) -> bool:
+    """True when ``path`` is a regular file (not a link) holding a JSON object with ``keys``
+    (for example an evaluation result: ``preset``, ``runs``, ``summary``)."""
+    try:
+        m = _read_small_json(Path(path))
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and all(k in m for k in keys)
+
+
 def is_export_dir(path: str | os.PathLike) -> bool:
     """True when ``path`` is an ImageFolder that ``dsquant export`` wrote (it holds
     :data:`EXPORT_RECORD`)."""
     path = Path(path)
-    if path.is_symlink() or not path.is_dir():
-        return False
-    try:
-        m = _read_small_json(path / EXPORT_RECORD)
-    except (OSError, ValueError):
-        return False
-    return isinstance(m, dict) and "dsquant_export" in m
+    return not path.is_symlink() and path.is_dir() and is_json_file(path / EXPORT_RECORD, ("dsquant_export",))
 
 
 def is_export_npz(path: str | os.PathLike) -> bool:
@@ -321,8 +325,8 @@ class AtomicOutput:
         for p in self._leftovers():
             if p.name.startswith(f".{self.out.name}.old-") and not os.path.lexists(self.out):
                 # a run killed while replacing: put the previous output back
-                for cand in (p, p / "previous"):
-                    if not cand.is_symlink() and (self.recognise(cand) if cand.is_dir() or self.is_file else False):
+                for cand in (p, p / "previous"):  # ours, or an earlier dsquant's
+                    if not cand.is_symlink() and self.recognise(cand):
                         os.rename(cand, self.out)
                         self.recovered = self.out
                         print(f"dsquant: restored {self.out} from an interrupted run", file=sys.stderr)
@@ -500,13 +504,16 @@ def export_subset(dataset, indices: np.ndarray, dest: Path, fmt: str) -> dict:
     return {"format": fmt, "path": name, **{k: v for k, v in rec.items() if k != "format"}}
 
 
-def check_export(fmt: str | None, kind: str) -> None:
-    """Raise ValueError unless ``fmt`` (None, ``"npz"`` or ``"imagefolder"``) exists for data of
-    ``kind`` (``images``, ``features``, ``text``): checked before any work is done."""
+def check_export(fmt: str | None, kind: str | None = None) -> None:
+    """Raise ValueError unless ``fmt`` (None, ``"npz"`` or ``"imagefolder"``) is a format and,
+    given the data's ``kind`` (``images``, ``features``, ``text``), one it has: checked before
+    any work is done (the name alone before the data is read)."""
     if fmt is None:
         return
     if fmt not in ("npz", "imagefolder"):
         raise ValueError(f"export: expected 'imagefolder' or 'npz', got {fmt!r}")
+    if kind is None:
+        return
     if fmt == "imagefolder" and kind != "images":
         raise ValueError(f"export: format 'imagefolder' needs images; this dataset holds {kind} (subset.jsonl and indices.npy hold the subset)")
     if fmt == "npz" and kind not in ("images", "features"):
@@ -551,22 +558,6 @@ def fill_output(
     with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=False)
         f.write("\n")
-
-
-def write_output(
-    out: str | os.PathLike,
-    indices: np.ndarray,
-    bins: list[np.ndarray],
-    manifest: dict,
-    overwrite: bool = False,
-    export: tuple | None = None,
-    records=None,
-    extra: dict | None = None,
-    protect: Iterable[str | os.PathLike] = (),
-) -> Path:
-    """Write ``indices.npy``, ``bins.npz``, ``manifest.json`` (and an export) atomically
-    (:func:`fill_output` into an :class:`AtomicOutput`)."""
-    return atomic_dir(out, lambda tmp: fill_output(tmp, indices, bins, manifest, export, records, extra), overwrite, protect)
 
 
 @dataclass
@@ -638,7 +629,7 @@ def _check_index_array(arr: np.ndarray, path: Path, n: int, sorted_unique: bool)
 
 
 def read_output(path: str | os.PathLike) -> Run:
-    """Read and check an output directory written by :func:`write_output`.
+    """Read and check an output directory written by :func:`dsquant.compress`.
 
     Only plain file names inside ``path`` are read (the manifest cannot point elsewhere), only
     regular files (no links, devices or pipes), each against its SHA-256 in the manifest; the

@@ -148,7 +148,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--test", help="the test set, if the dataset has no 'test' split")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--json", help="also write the results to this JSON file (must not exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file that dsquant evaluate wrote (never anything else)")
     p.add_argument("--unmodified", action="store_true", help="with pixel quantization: train on the selected images as they were (no patches dropped)")
     p.add_argument("--reconstructor", help="with pixel quantization: override the run's reconstructor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -187,31 +188,26 @@ def _add_benchmark(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
+    import contextlib
+
+    from .artifact import AtomicOutput, is_json_file
     from .evaluate import evaluate_output
 
-    res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty(), unmodified=args.unmodified, reconstructor=args.reconstructor)
-    print(f"dsquant evaluate: {res['n_train']} training samples ({res['trained_on']}), {res['n_test']} test samples, preset {args.preset}")
-    print(f"  {'architecture':<16} {'test accuracy (%)':>20}  per seed")
-    for s in res["summary"]:
-        per = [f"{100 * r['accuracy']:.2f}" for r in res["runs"] if r["arch"] == s["arch"]]
-        print(f"  {s['arch']:<16} {100 * s['mean']:>12.2f} ± {100 * s['std']:<5.2f}  {' '.join(per)}")
-    if args.json:
-        _write_json(Path(args.json), res)
+    with contextlib.ExitStack() as stack:
+        w = None
+        if args.json:  # checked (and locked) before the training, like every output
+            recognise = lambda p: is_json_file(p, ("preset", "runs", "summary"))  # noqa: E731
+            w = stack.enter_context(AtomicOutput(args.json, overwrite=args.overwrite, keep=[args.dir], recognise=recognise, what="an evaluation result", is_file=True))
+        res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty(), unmodified=args.unmodified, reconstructor=args.reconstructor)
+        print(f"dsquant evaluate: {res['n_train']} training samples ({res['trained_on']}), {res['n_test']} test samples, preset {args.preset}")
+        print(f"  {'architecture':<16} {'test accuracy (%)':>20}  per seed")
+        for s in res["summary"]:
+            per = [f"{100 * r['accuracy']:.2f}" for r in res["runs"] if r["arch"] == s["arch"]]
+            print(f"  {s['arch']:<16} {100 * s['mean']:>12.2f} ± {100 * s['std']:<5.2f}  {' '.join(per)}")
+        if w is not None:
+            w.tmp.write_text(json.dumps(res, indent=2) + "\n")
+            w.commit()
     return 0
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _cmd_benchmark(args) -> int:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from dsquant.cache import Cache
-from dsquant.embed import ProxyEncoder, cached_proxy, embed
+from dsquant.embed import ProxyEncoder, fitted_proxy
 from dsquant.data import read_dataset
 from dsquant.pixels import PatchStore, default_patch, gradcam_plusplus, keep_masks, patch_scores
 from dsquant.pixels.reconstruct import InpaintReconstructor, MAEReconstructor
@@ -63,9 +63,7 @@ def main() -> None:
     cache = Cache()
     train = read_dataset(args.data, "train", cache=cache)
     test = read_dataset(args.data, "test", cache=cache)
-    enc = ProxyEncoder()
-    _, rec = embed(enc, train, cache)
-    proxy = cached_proxy(enc, train, cache, rec["key"]) or enc.train(train)
+    proxy = fitted_proxy(ProxyEncoder(), train, cache)  # the proxy compress uses (cached)
     patch = args.patch or default_patch(train.image_shape)
     images = test.images[: args.n]
     maps = gradcam_plusplus(proxy, images)

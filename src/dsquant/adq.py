@@ -25,28 +25,20 @@ _VIEWS_VERSION = 2
 
 
 def _representativeness(dataset, bins, rep, features, labels):
-    """Per-bin Rep and the name of the method used.
+    """Per-bin Rep and the name of the method used (``rep`` as :func:`check_representativeness`
+    takes it).
 
     Raises:
-        DataError: naming the file, if a ``.npy``/``.npz`` of scores is unreadable, not one
-            finite number per sample.
-        ValueError: likewise for an array of scores, or an unknown method.
+        DataError, ValueError: as :func:`check_representativeness`.
     """
+    rep = check_representativeness(rep, dataset)
+    if isinstance(rep, np.ndarray):
+        return bin_means(rep, bins), "user scores"
     if rep is None:
         rep = "texture" if getattr(dataset, "kind", "") == "images" else "embedding"
-    if isinstance(rep, (np.ndarray, list, tuple)):
-        return bin_means(_user_scores(rep, len(dataset), "rep_scores", ValueError), bins), "user scores"
     if rep == "texture":
-        if getattr(dataset, "kind", "") != "images":
-            raise ValueError("representativeness: 'texture' needs images; use 'embedding' or your own scores")
         return bin_means(texture_level(dataset.images), bins), "texture level (3x3 Sobel)"
-    if rep == "embedding":
-        return embedding_representativeness(features, bins, labels), "mean similarity to the pool (embedding)"
-    if isinstance(rep, (str, os.PathLike)) and str(rep).endswith((".npy", ".npz")):
-        from .data import DataError, load_array
-
-        return bin_means(_user_scores(load_array(rep, mmap=False), len(dataset), str(rep), DataError), bins), "user scores"
-    raise ValueError(f"representativeness: expected 'texture', 'embedding', a .npy of per-sample scores or an array, got {rep!r}")
+    return embedding_representativeness(features, bins, labels), "mean similarity to the pool (embedding)"
 
 
 def check_representativeness(rep, dataset):

@@ -67,10 +67,9 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
     spec = reconstructor
     mae_info = None
     if reconstructor == TRAIN_NOW:
-        from .pixels.train_mae import cached_tiny_mae
+        from .pixels.train_mae import cached_tiny_mae, save_mae
 
         model_mae, mae_info = cached_tiny_mae(dataset, store.patch, cache, proxy_seed, device, progress, mae_options)
-        from .pixels.train_mae import save_mae
 
         files[f"{TRAIN_NOW}.pt"] = lambda path: save_mae(model_mae, path, mae_info)
         spec = f"{TRAIN_NOW}:{TRAIN_NOW}.pt"
@@ -273,8 +272,7 @@ def compress(
         from .pixels.reconstruct import check_reconstructor
 
         check_reconstructor(reconstructor, train_now=True)
-    if export not in (None, "imagefolder", "npz"):
-        raise ValueError(f"export: expected 'imagefolder' or 'npz', got {export!r}")
+    check_export(export)
     inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)
     cache = Cache(cache_dir, enabled=use_cache)
 

@@ -25,7 +25,6 @@ __all__ = [
     "TrainConfig",
     "Normalize",
     "check_seed",
-    "default_device",
     "load_checkpoint",
     "resolve_device",
     "fit",
@@ -61,9 +60,6 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     if m[1] == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device: {text!r} requested but no MPS device is available; use 'cpu'")
     return torch.device(text)
-
-
-default_device = resolve_device  # the earlier name
 
 
 MAX_SEED = 2**32

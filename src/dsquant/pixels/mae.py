@@ -54,6 +54,15 @@ class MAEConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_json(self) -> dict:
+        """The config as plain JSON values (tuples as lists), as checkpoints and the cache store it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "MAEConfig":
+        """The config :meth:`to_json` stored (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 OFFICIAL_CONFIGS = {
     "vit_base_patch16": MAEConfig(embed_dim=768, depth=12, num_heads=12),
@@ -271,7 +280,7 @@ def _mae_from_checkpoint(ckpt, arch: str | None) -> MaskedAutoencoderViT:
     if "decoder_pred.weight" not in state:
         raise ValueError("holds the encoder only (an official mae_pretrain_* file?); reconstruction needs the decoder: use a *_full or mae_visualize_* checkpoint")
     if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-        config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
+        config = MAEConfig.from_json(ckpt["config"])
     else:
         dim = state["patch_embed.proj.weight"].shape[0]
         depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()), default=-1)

@@ -156,8 +156,7 @@ def save_mae(model: MaskedAutoencoderViT, path, info: dict | None = None) -> Non
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
-        torch.save({"model": model.state_dict(), "config": cfg, "info": info or {}}, tmp)
+        torch.save({"model": model.state_dict(), "config": model.config.to_json(), "info": info or {}}, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -171,20 +170,22 @@ MAE_ENTRY = {"__config__": ("U", 0), "__info__": ("U", 0)}
 
 def mae_to_arrays(model: MaskedAutoencoderViT, info: dict) -> dict[str, np.ndarray]:
     """A tiny MAE as arrays for the cache: its state_dict, config and training info."""
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.to_dict().items()}
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return {**state, "__config__": np.array(json.dumps(cfg)), "__info__": np.array(json.dumps(info))}
+    from ..embed.proxy import state_to_arrays
+
+    return {**state_to_arrays(model), "__config__": np.array(json.dumps(model.config.to_json())), "__info__": np.array(json.dumps(info))}
 
 
 def mae_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[MaskedAutoencoderViT, dict] | None:
     """(model in eval mode, info) from :func:`mae_to_arrays`'s arrays, or None when they do not
     hold a loadable model (an unknown config, missing or misshapen weights)."""
+    from ..embed.proxy import arrays_to_state
+
     try:
         arrays = dict(arrays)
-        config = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(arrays.pop("__config__"))).items()})
+        config = MAEConfig.from_json(json.loads(str(arrays.pop("__config__"))))
         info = json.loads(str(arrays.pop("__info__")))
         model = MaskedAutoencoderViT(config)
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        model.load_state_dict(arrays_to_state(arrays))
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError, ZeroDivisionError):
         return None
     return (model.eval(), info) if isinstance(info, dict) else None

@@ -168,3 +168,35 @@ def test_subsampled_shortcut_is_the_strided_convolution():
     x = torch.randn(3, 4, 9, 9)
     conv, bn = block.shortcut
     assert torch.allclose(block._shortcut(x), bn(torch.nn.functional.conv2d(x, conv.weight, stride=2)), atol=1e-6)
+
+
+def test_one_training_loop_with_hooks():
+    """fit, the SimCLR encoder and the tiny MAE share training.train_loop: its on_step hook sees
+    every step's batch (sorted indices, each sample once per epoch) and the logits, and
+    watching changes nothing of the training."""
+    import torch
+
+    from dsquant.data import load_digits
+    from dsquant.models import Normalize, proxy_resnet
+    from dsquant.training import TrainConfig, fit
+
+    ds = load_digits()
+    x, y = ds.images[:300], ds.labels[:300]
+    mean, std = Normalize.stats(x)
+    seen = []
+    epochs = []
+
+    def model():
+        torch.manual_seed(0)
+        return proxy_resnet(1, 10, 8, 4, mean, std)
+
+    cfg = TrainConfig(epochs=2, batch_size=128, seed=3)
+    a = fit(model(), x, y, cfg, "cpu", on_step=lambda e, idx, z: seen.append((e, idx.copy(), tuple(z.shape))), on_epoch=lambda e, loss: epochs.append(e))
+    b = fit(model(), x, y, cfg, "cpu")
+    # 300 samples, batches of 128: two full batches per epoch, the last partial one dropped
+    assert [(e, len(i), s) for e, i, s in seen] == [(0, 128, (128, 10))] * 2 + [(1, 128, (128, 10))] * 2 and epochs == [0, 1]
+    for e in (0, 1):
+        both = np.concatenate([i for k, i, _ in seen if k == e])
+        assert len(np.unique(both)) == 256 and all(np.all(np.diff(i) > 0) for _, i, _ in seen)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)

@@ -198,3 +198,72 @@ def test_an_encoder_object_is_used_as_given_and_fitted_once(monkeypatch):
     assert calls == [] and len(again.indices) == 144  # the fitted proxy served the embedding and ADQ
     with pytest.raises(ValueError, match="encoder: expected a name"):
         dsquant.compress(ds, ratio=0.1, encoder=42)
+
+
+class MeanColour:
+    """A toy encoder: every image's mean colour per channel (N, C)."""
+
+    name = "mean-colour"
+    kinds = ("images",)
+    summary = "mean colour (a test encoder)"
+    argument = None
+    cached = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def config(self) -> dict:
+        return {"encoder": self.name}
+
+    def encode(self, dataset, progress=False):
+        from dsquant.embed import Embedding
+
+        return Embedding(dataset.images.reshape(len(dataset), -1, dataset.image_shape[2]).mean(1).astype(np.float32))
+
+
+@pytest.fixture
+def toy_encoder():
+    from dsquant.embed import ENCODERS, register_encoder
+
+    register_encoder(MeanColour)
+    yield MeanColour
+    ENCODERS.pop(MeanColour.name, None)
+
+
+def test_registered_encoder_runs_through_the_cli(tmp_path, capsys, toy_encoder):
+    """An encoder is one class and one register_encoder: `--encoder NAME` then builds it with
+    the shorthand options it takes (seed), and the run embeds with it; nothing is cached."""
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    code, _, err = run(capsys, "compress", "digits", "--method", "kcenter", "--encoder", "mean-colour", "--ratio", "0.1", "--out", out, "--cache-dir", cache, "--quiet")
+    assert code == 0, err
+    res = read_output(out)
+    assert res.manifest["parameters"]["encoder"] == {"encoder": "mean-colour"} and res.manifest["embedding"]["dim"] == 1
+    ds = load_digits()
+    feats = ds.images.reshape(len(ds), -1, 1).mean(1).astype(np.float32)
+    assert np.array_equal(res.indices, np.sort(B.kcenter_greedy(feats, 144, seed=0, labels=ds.labels)))
+    assert not list(cache.glob("embeddings/*"))  # cached = False is honoured
+
+
+def test_make_encoder_names_kinds_and_errors(toy_encoder):
+    from dsquant.embed import IdentityEncoder, PrecomputedEncoder, ProxyEncoder, SentenceEncoder, make_encoder
+
+    assert isinstance(make_encoder(None, "images", epochs=3, model="ignored"), ProxyEncoder)
+    assert make_encoder(None, "images", epochs=3).epochs == 3
+    assert isinstance(make_encoder(None, "text"), SentenceEncoder) and isinstance(make_encoder(None, "features"), IdentityEncoder)
+    assert make_encoder("features:/x.npy", "text").path.name == "x.npy" and isinstance(make_encoder("features:/x.npy"), PrecomputedEncoder)
+    assert make_encoder("mean-colour", "images", seed=4).seed == 4
+    with pytest.raises(ValueError, match=r"'pixels' embeds images, not text; for text use 'features:PATH', 'sentence'"):
+        make_encoder("pixels", "text")
+    for bad in ("clip", "features", "proxy:3", "features:"):
+        with pytest.raises(ValueError, match=r"^encoder: expected one of .*'proxy'.*got"):
+            make_encoder(bad, "images")
+
+
+def test_an_unknown_encoder_is_refused_before_the_data_is_read(monkeypatch, tmp_path):
+    import dsquant.pipeline as P
+
+    monkeypatch.setattr(P, "read_dataset", lambda *a, **k: pytest.fail("the data was read"))
+    with pytest.raises(ValueError, match="encoder: expected one of"):
+        dsquant.compress("digits", encoder="clip", out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -84,6 +84,47 @@ def _default_out(data: str, method: str, ratio: float) -> str:
     return str(Path("runs") / f"{stem}-{method}-{ratio:g}")
 
 
+def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
+    """``dsquant compress``'s options as a table: (flags, argparse options). Every ``dest`` is
+    the keyword of :func:`dsquant.compress` the flag sets, so the command passes them through
+    unchanged (:func:`_cmd_compress`); choices come from the registries."""
+    from .embed import ENCODERS
+    from .methods import DQ, METHODS
+
+    encoders = "; ".join(f"{n}{':' + c.argument if c.argument else ''} ({'/'.join(c.kinds)}): {c.summary}" for n, c in ENCODERS.items())
+    return [
+        (("--ratio",), dict(dest="ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")),
+        (("--bins",), dict(dest="n_bins", type=_positive_int, default=10, help="number of bins K (default 10)")),
+        (("--method",), dict(dest="method", choices=list(METHODS), default=DQ.name, help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()) + f" (default {DQ.name})")),
+        (("--encoder",), dict(dest="encoder", help=f"default: proxy for images, sentence for text, the features themselves for feature data. {encoders}")),
+        (("--max-tokens",), dict(dest="text_max_tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")),
+        (("--text-model",), dict(dest="text_model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline)")),
+        (("--template",), dict(dest="template", help="text: what to embed per record, e.g. '{instruction} {output}' (default: DQ's instruction + input + output)")),
+        (("--group-by",), dict(dest="group_by", help="text: a record field whose groups are binned separately, like classes")),
+        (("--embedding",), dict(dest="embedding", choices=["gradient", "features"], default="gradient", help="proxy embedding binned on: last-layer gradients (default) or penultimate features")),
+        (("--epochs",), dict(dest="epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")),
+        (("--width",), dict(dest="proxy_width", type=_positive_int, default=32, help="proxy width (default 32)")),
+        (("--proxy-checkpoint",), dict(dest="proxy_checkpoint", help="a local state_dict of the proxy to use instead of training")),
+        (("--seed",), dict(dest="seed", type=_seed, default=0, help="seed of training and sampling, in [0, 2**32) (default 0)")),
+        (("--alpha",), dict(dest="alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")),
+        (("--diversity-encoder",), dict(dest="diversity_encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")),
+        (("--rep",), dict(dest="representativeness", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")),
+        (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
+        (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),
+        (("--image-size",), dict(dest="image_size", type=_positive_int, help="resize and centre-crop images to this size")),
+        (("--export",), dict(dest="export", choices=["imagefolder", "npz"], help="also write the subset itself")),
+        (("--drop-ratio",), dict(dest="drop_ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")),
+        (("--patch",), dict(dest="patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")),
+        (("--reconstructor",), dict(dest="reconstructor", default="inpaint", help="what rebuilds dropped patches at load time: inpaint (default), tiny-mae (trained on the data now), or mae:PATH (a local MAE checkpoint)")),
+        (("--overwrite",), dict(dest="overwrite", action="store_true", help="replace an existing output directory of an earlier dsquant run (never anything else)")),
+        (("--precision",), dict(dest="precision", choices=["float32", "float64"], default="float32", help="precision of the similarity rows in bin generation (the bins are the exact greedy's either way; float32 is faster)")),
+        (("--block-size",), dict(dest="block_size", type=_positive_int, help="similarity rows held per class (default: as many as fit in 2 GiB)")),
+        (("--cache-dir",), dict(dest="cache_dir", help="cache of decoded datasets and embeddings (default ~/.cache/dsquant or $DSQUANT_CACHE)")),
+        (("--no-cache",), dict(dest="use_cache", action="store_false", help="do not read or write the cache")),
+        (("--device",), dict(dest="device", type=_device, help="torch device for the proxy (default: cuda if available)")),
+    ]
+
+
 def _add_compress(sub) -> None:
     p = sub.add_parser(
         "compress",
@@ -92,39 +133,13 @@ def _add_compress(sub) -> None:
         "greedy GraphCut, sample a fraction of every bin, write the indices and a manifest.",
     )
     p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records")
-    p.add_argument("--ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")
-    p.add_argument("--bins", type=_positive_int, default=10, help="number of bins K (default 10)")
-    from .methods import DQ, METHODS
-
-    p.add_argument("--method", choices=list(METHODS), default=DQ.name, help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()) + f" (default {DQ.name})")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
-    p.add_argument("--encoder", help="images: proxy (default), pixels or features:PATH; text: sentence (default) or features:PATH")
-    p.add_argument("--max-tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")
-    p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline)")
-    p.add_argument("--template", help="text: what to embed per record, e.g. '{instruction} {output}' (default: DQ's instruction + input + output)")
-    p.add_argument("--group-by", help="text: a record field whose groups are binned separately, like classes")
-    p.add_argument("--embedding", choices=["gradient", "features"], default="gradient", help="proxy embedding binned on: last-layer gradients (default) or penultimate features")
-    p.add_argument("--epochs", type=_nonneg_int, default=5, help="proxy training epochs (default 5)")
-    p.add_argument("--width", type=_positive_int, default=32, help="proxy width (default 32)")
-    p.add_argument("--proxy-checkpoint", help="a local state_dict of the proxy to use instead of training")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of training and sampling, in [0, 2**32) (default 0)")
-    p.add_argument("--alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")
-    p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")
-    p.add_argument("--rep", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")
-    p.add_argument("--labels", help="labels .npy for a .npy feature matrix")
-    p.add_argument("--split", default="train", help="split to compress (default train)")
-    p.add_argument("--image-size", type=_positive_int, help="resize and centre-crop images to this size")
-    p.add_argument("--export", choices=["imagefolder", "npz"], help="also write the subset itself")
-    p.add_argument("--drop-ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")
-    p.add_argument("--patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")
-    p.add_argument("--reconstructor", default="inpaint", help="what rebuilds dropped patches at load time: inpaint (default), tiny-mae (trained on the data now), or mae:PATH (a local MAE checkpoint)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory of an earlier dsquant run (never anything else)")
-    p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="precision of the similarity rows in bin generation (the bins are the exact greedy's either way; float32 is faster)")
-    p.add_argument("--block-size", type=_positive_int, help="similarity rows held per class (default: as many as fit in 2 GiB)")
-    p.add_argument("--cache-dir", help="cache of decoded datasets and embeddings (default ~/.cache/dsquant or $DSQUANT_CACHE)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--device", type=_device, help="torch device for the proxy (default: cuda if available)")
+    for flags, options in _compress_flags():
+        if options.get("action") is None and "choices" not in options:  # --bins BINS, not N_BINS
+            options.setdefault("metavar", flags[0].lstrip("-").replace("-", "_").upper())
+        p.add_argument(*flags, **options)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(compress_keywords=[options["dest"] for _, options in _compress_flags()])
 
 
 def _add_info(sub) -> None:
@@ -363,41 +378,8 @@ def _cmd_compress(args) -> int:
     from .pipeline import compress
 
     out = args.out or _default_out(args.data, args.method, args.ratio)
-    result = compress(
-        args.data,
-        ratio=args.ratio,
-        n_bins=args.bins,
-        method=args.method,
-        encoder=args.encoder,
-        seed=args.seed,
-        epochs=args.epochs,
-        out=out,
-        export=args.export,
-        overwrite=args.overwrite,
-        labels=args.labels,
-        split=args.split,
-        image_size=args.image_size,
-        embedding=args.embedding,
-        proxy_width=args.width,
-        proxy_checkpoint=args.proxy_checkpoint,
-        block_size=args.block_size,
-        precision=args.precision,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        drop_ratio=args.drop_ratio,
-        patch=args.patch,
-        reconstructor=args.reconstructor,
-        text_model=args.text_model,
-        text_max_tokens=args.max_tokens,
-        template=args.template,
-        group_by=args.group_by,
-        alpha=args.alpha,
-        diversity_encoder=args.diversity_encoder,
-        representativeness=args.rep,
-        device=args.device,
-        progress=not args.quiet and sys.stderr.isatty(),
-        command=["dsquant"] + sys.argv[1:],
-    )
+    options = {k: getattr(args, k) for k in args.compress_keywords}  # the flag table's keywords
+    result = compress(args.data, out=out, progress=not args.quiet and sys.stderr.isatty(), command=["dsquant"] + sys.argv[1:], **options)
     _print_summary(result.manifest, out)
     return 0
 

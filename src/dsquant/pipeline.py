@@ -25,32 +25,13 @@ __all__ = ["CompressResult", "Run", "compress", "read_dataset"]
 CompressResult = Run  # the earlier name of what compress returns
 
 
-def _encoder(dataset, encoder, text_model, epochs, width, proxy_seed, embedding, checkpoint, device, text_max_tokens=None):
-    """The encoder for ``dataset``: ``encoder`` itself when it is an encoder object, else its
-    own features, a sentence model for text, the proxy (or the named encoder) for images.
+def _encoder(dataset, encoder, **options):
+    """The run's encoder: ``encoder`` itself when it is an encoder object, else the registered
+    one it names, or the default for the dataset's kind (:func:`dsquant.embed.make_encoder`),
+    built with the shorthand ``options`` its constructor takes."""
+    from .embed import make_encoder
 
-    Raises:
-        ValueError: on an unknown name, or something that is neither a name nor an encoder.
-    """
-    from .embed import Encoder, IdentityEncoder, make_encoder
-
-    if isinstance(encoder, Encoder):  # an object with name, config() and encode(): used as given
-        return encoder
-    if encoder is not None and not isinstance(encoder, str):
-        raise ValueError(f"encoder: expected a name ('proxy', 'pixels', 'features:PATH', 'sentence') or an encoder object, got {encoder!r}")
-    if isinstance(dataset, FeatureDataset):
-        return IdentityEncoder()
-    if isinstance(dataset, TextDataset):
-        if encoder in (None, "sentence"):
-            from .embed.text import SentenceEncoder
-
-            return SentenceEncoder(text_model, max_seq_length=text_max_tokens, device=device)
-        if encoder.startswith("features:"):
-            return make_encoder(encoder)
-        raise ValueError(f"encoder: text data takes 'sentence' or 'features:PATH', got {encoder!r}")
-    if encoder in (None, "proxy"):
-        return make_encoder("proxy", epochs=epochs, width=width, seed=proxy_seed, embedding=embedding, checkpoint=checkpoint, device=device)
-    return make_encoder(encoder)
+    return make_encoder(encoder, getattr(dataset, "kind", None), **options)
 
 
 def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options):
@@ -204,10 +185,12 @@ def compress(
             ``precision``, ``block_size``) that its constructor takes.
         encoder: an encoder object (:class:`dsquant.embed.Encoder`, e.g.
             ``ProxyEncoder(epochs=5)``; a fitted one is used as it is, not trained again), or a
-            name: for images ``"proxy"`` (default: a small ResNet trained ``epochs`` epochs on
-            the data), ``"pixels"`` or ``"features:PATH"``; for text ``"sentence"`` (default,
-            ``text_model``) or ``"features:PATH"``. Feature datasets are their own embedding
-            unless an encoder object is given.
+            name of :data:`dsquant.embed.ENCODERS`: for images ``"proxy"`` (default: a small
+            ResNet trained ``epochs`` epochs on the data), ``"pixels"`` or ``"features:PATH"``;
+            for text ``"sentence"`` (default, ``text_model``) or ``"features:PATH"``; feature
+            datasets are their own embedding by default. The shorthand options below
+            (``epochs``, ``proxy_seed``, ``embedding``, ``proxy_width``, ``proxy_checkpoint``,
+            ``text_model``, ``text_max_tokens``, ``device``) go to the constructor that takes them.
         seed: seeds the proxy's training and the sampling; the same seed gives the same indices.
         epochs: proxy training epochs.
         proxy_seed: a separate seed for the proxy (default ``seed``): with it fixed, the
@@ -273,6 +256,10 @@ def compress(
 
         check_reconstructor(reconstructor, train_now=True)
     check_export(export)
+    proxy_seed = seed if proxy_seed is None else proxy_seed
+    options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "device": device}
+    if encoder is not None:
+        _encoder(None, encoder, **options)  # an unknown encoder name is refused before the data is read
     inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)
     cache = Cache(cache_dir, enabled=use_cache)
 
@@ -296,10 +283,10 @@ def compress(
 
         from .embed import embed
 
-        proxy_seed = seed if proxy_seed is None else proxy_seed
+        run_encoder = _encoder(dataset, encoder, **options)  # built now (checked), fitted when a method embeds
         ctx = Context(
             dataset, ratio, seed,
-            make_encoder=lambda: _encoder(dataset, encoder, text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device, text_max_tokens),
+            make_encoder=lambda: run_encoder,
             embed=embed, cache=cache, device=device, progress=progress, proxy_seed=proxy_seed,
         )
         selection = selector.select(ctx)
@@ -324,7 +311,7 @@ def compress(
             from .embed import ProxyEncoder
 
             # the run's proxy when it embedded with one, else the proxy it would have used
-            proxy = ctx.encoder if isinstance(ctx.encoder, ProxyEncoder) else _encoder(dataset, "proxy", text_model, epochs, proxy_width, proxy_seed, embedding, proxy_checkpoint, device)
+            proxy = ctx.encoder if isinstance(ctx.encoder, ProxyEncoder) else _encoder(dataset, "proxy", **options)
             pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {})
             timings["pixels"] = time.perf_counter() - t
 

@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "resolve_device",
     "fit",
+    "train_loop",
     "predict",
     "to_batch",
     "augment",
@@ -189,6 +190,91 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) ->
     return float(loss.detach())
 
 
+def train_loop(
+    model: nn.Module,
+    step_loss: Callable[[np.ndarray], "torch.Tensor | tuple[torch.Tensor, object]"],
+    opt: torch.optim.Optimizer,
+    n: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    gen: torch.Generator,
+    schedule: str = "onecycle",
+    warmup: float = 0.15,
+    pool: np.ndarray | None = None,
+    small_data_steps: bool = False,
+    min_batch: int = 1,
+    progress: bool = False,
+    desc: str = "train",
+    on_step: Callable[[int, np.ndarray, object], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """The one training loop of dsquant: the proxy classifier (:func:`fit`), the SimCLR
+    diversity encoder and the tiny MAE differ only in ``step_loss`` and the optimizer.
+
+    Every epoch shuffles ``pool`` (default ``arange(n)``) with ``gen``, cuts it into batches of
+    ``batch_size`` (indices sorted within a batch), and takes one optimizer step per batch at
+    the learning rate of ``schedule`` (:func:`lr_at`). Every random draw comes from ``gen``,
+    shared with ``step_loss`` (augmentation, masks), so a seed fixes the whole run.
+
+    Args:
+        model: put in train mode at the start of every epoch.
+        step_loss: maps a batch's sorted (B,) int64 sample indices to the loss, or to
+            (loss, outputs) where ``outputs`` (e.g. the logits) is passed to ``on_step``.
+        opt: the optimizer (its learning rate is set at every step).
+        n: samples of the data (when ``pool`` is None).
+        epochs, batch_size, lr, schedule, warmup: passes, batch size, peak learning rate and
+            its schedule.
+        gen: the CPU generator of the shuffling (and of ``step_loss``'s draws).
+        pool: the sample indices trained on (a subset), in place of ``arange(n)``.
+        small_data_steps: steps per epoch: by default ``len(pool) // batch_size`` (the last
+            partial batch dropped, at least one step); when True and the pool holds fewer than
+            two batches, ``ceil(len(pool) / batch_size)`` (nothing dropped).
+        min_batch: batches smaller than this are skipped (2 for BatchNorm) unless the pool
+            itself is smaller.
+        on_step: hook called after every step with (epoch, batch indices, outputs): how
+            training-dynamics scores (forgetting events, EL2N) watch the run.
+        on_epoch: hook called after every epoch with (epoch, mean loss).
+
+    Returns:
+        The loss of every step, as floats.
+    """
+    from tqdm.auto import tqdm
+
+    order_of = (lambda: torch.randperm(n, generator=gen).numpy()) if pool is None else (lambda: pool[torch.randperm(len(pool), generator=gen).numpy()])
+    size = n if pool is None else len(pool)
+    bs = max(1, batch_size)
+    steps_per_epoch = max(1, size // bs)
+    if small_data_steps and size < 2 * bs:
+        steps_per_epoch = math.ceil(size / bs)
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    step = 0
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        model.train()
+        order = order_of()
+        epoch_losses = []
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * bs : (b + 1) * bs])
+            if len(idx) < min_batch and size >= min_batch:
+                continue
+            out = step_loss(idx)
+            loss, outputs = out if isinstance(out, tuple) else (out, None)
+            value = optimizer_step(opt, loss, lr_at(step, total, lr, schedule, warmup))
+            losses.append(value)
+            epoch_losses.append(value)
+            if on_step is not None:
+                on_step(epoch, idx, outputs)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4g}")
+        if on_epoch is not None:
+            on_epoch(epoch, float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+    bar.close()
+    return losses
+
+
 def fit(
     model: nn.Module,
     images: np.ndarray,
@@ -198,8 +284,10 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, np.ndarray, torch.Tensor], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` (logits out) with SGD and cross-entropy on uint8 images.
+    """Train ``model`` (logits out) with SGD and cross-entropy on uint8 images, through
+    :func:`train_loop`.
 
     Args:
         model: a module taking float (B, C, H, W) images in [0, 1] and returning logits.
@@ -209,6 +297,8 @@ def fit(
         device: where to train (default: CUDA when present).
         progress: show a progress bar over the steps.
         on_epoch: called with (epoch, mean loss) after every epoch.
+        on_step: called after every step with (epoch, batch indices, the batch's logits
+            (B, C), detached): the hook of training-dynamics scores.
 
     Returns:
         The trained model, in eval mode.
@@ -217,8 +307,6 @@ def fit(
         ValueError: if there are no training samples, images and labels differ in length, or
             the seed or device is invalid.
     """
-    from tqdm.auto import tqdm
-
     n = len(labels)
     if n == 0 or len(images) != n:
         raise ValueError(f"fit: expected one label per image and at least one sample, got {len(images)} images and {n} labels")
@@ -236,35 +324,20 @@ def fit(
         momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,
     )
-    bs = max(1, min(cfg.batch_size, n))
-    steps_per_epoch = max(1, n // bs)  # drop the last partial batch (BatchNorm needs > 1 sample)
-    if n < 2 * bs:
-        steps_per_epoch = math.ceil(n / bs)
-    total = cfg.epochs * steps_per_epoch
     pad = images.shape[1] // 8 if cfg.augment else 0
     y_all = torch.as_tensor(labels, dtype=torch.long)
-    step = 0
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(n, generator=gen).numpy()
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = np.sort(order[b * bs : (b + 1) * bs])
-            if len(idx) < 2 and n >= 2:
-                continue
-            x = to_batch(images[idx], device)
-            if cfg.augment:
-                x = augment(x, gen, pad, cfg.flip)
-            y = y_all[idx].to(device)
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-            losses.append(optimizer_step(opt, loss, lr_at(step, total, cfg.lr, cfg.schedule)))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
-        if on_epoch is not None:
-            on_epoch(epoch, float(np.mean(losses)) if losses else float("nan"))
-    bar.close()
+
+    def step_loss(idx: np.ndarray):
+        x = to_batch(images[idx], device)
+        if cfg.augment:
+            x = augment(x, gen, pad, cfg.flip)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y_all[idx].to(device), label_smoothing=cfg.label_smoothing)
+        return loss, (logits.detach() if on_step is not None else None)
+
+    # the last partial batch is dropped (BatchNorm needs > 1 sample) unless the data is small
+    train_loop(model, step_loss, opt, n, cfg.epochs, min(cfg.batch_size, n), cfg.lr, gen, cfg.schedule, 0.15,
+               small_data_steps=True, min_batch=2, progress=progress, desc=desc, on_step=on_step, on_epoch=on_epoch)
     return model.eval()
 
 

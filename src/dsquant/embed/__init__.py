@@ -11,40 +11,96 @@ from ..cache import Cache, hash_key
 from .base import Embedding, Encoder
 from .proxy import ProxyEncoder, softmax_delta
 from .simple import IdentityEncoder, PixelEncoder, PrecomputedEncoder
+from .text import SentenceEncoder
 
 __all__ = [
+    "DEFAULT_ENCODERS",
+    "ENCODERS",
     "Embedding",
     "Encoder",
     "IdentityEncoder",
     "PixelEncoder",
     "PrecomputedEncoder",
     "ProxyEncoder",
+    "SentenceEncoder",
     "cached_proxy",
     "embedding_key",
     "fitted_proxy",
     "embed",
     "make_encoder",
+    "register_encoder",
     "softmax_delta",
 ]
 
 _EMBED_VERSION = 1
 
 
-def make_encoder(spec: str, **proxy_options) -> Encoder:
-    """The encoder named by ``spec``: ``proxy``, ``pixels`` or ``features:PATH``.
+ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder)}
+"""Every encoder by name. A class here has ``name``, ``kinds`` (the data kinds it embeds:
+``"images"``, ``"text"``, ``"features"``), ``summary`` (one line for ``--help``), ``argument``
+(what follows ``NAME:`` in a spec, e.g. ``PATH``, or None), ``cached`` (whether :func:`embed`
+stores its embeddings) and a constructor that takes the argument first when it has one.
+Adding an encoder is one class and one :func:`register_encoder` (``docs/architecture.md``)."""
 
-    ``proxy_options`` go to :class:`ProxyEncoder` (epochs, width, seed, embedding, ...).
+DEFAULT_ENCODERS = {"images": ProxyEncoder.name, "text": SentenceEncoder.name, "features": IdentityEncoder.name}
+"""The encoder a dataset of each kind gets when none is named."""
+
+
+def register_encoder(cls: type) -> type:
+    """Add ``cls`` to :data:`ENCODERS` under ``cls.name`` (usable as a class decorator).
 
     Raises:
-        ValueError: on an unknown name.
+        ValueError: if ``cls`` lacks ``name``/``kinds``/``config``/``encode``, or its name is taken.
     """
-    if spec == "proxy":
-        return ProxyEncoder(**proxy_options)
-    if spec == "pixels":
-        return PixelEncoder()
-    if spec.startswith("features:"):
-        return PrecomputedEncoder(spec.split(":", 1)[1])
-    raise ValueError(f"encoder: expected 'proxy', 'pixels' or 'features:PATH', got {spec!r}")
+    if not isinstance(cls, type) or not getattr(cls, "name", None) or not getattr(cls, "kinds", None) or not callable(getattr(cls, "encode", None)) or not callable(getattr(cls, "config", None)):
+        raise ValueError(f"register_encoder: expected an encoder class with name, kinds, config() and encode(), got {cls!r}")
+    if cls.name in ENCODERS and ENCODERS[cls.name] is not cls:
+        raise ValueError(f"register_encoder: an encoder named {cls.name!r} exists ({ENCODERS[cls.name].__name__})")
+    ENCODERS[cls.name] = cls
+    return cls
+
+
+def _spec_names(kind: str | None = None) -> str:
+    names = [n + (f":{c.argument}" if getattr(c, "argument", None) else "") for n, c in ENCODERS.items() if kind is None or kind in c.kinds]
+    return ", ".join(repr(n) for n in names)
+
+
+def make_encoder(spec, kind: str | None = None, **options) -> Encoder:
+    """The encoder named by ``spec``, for data of ``kind``.
+
+    Args:
+        spec: an encoder object (returned as it is), None (the default for ``kind``:
+            :data:`DEFAULT_ENCODERS`), or ``"NAME"`` / ``"NAME:ARGUMENT"`` of :data:`ENCODERS`
+            (``"proxy"``, ``"pixels"``, ``"features:PATH"``, ``"sentence"``, ...).
+        kind: the dataset's kind (``"images"``, ``"text"``, ``"features"``), or None to skip
+            the check that the encoder embeds it.
+        options: shorthand options, each passed to the constructor only when it takes it
+            (``epochs``, ``width``, ``seed``, ``embedding``, ``checkpoint``, ``model``,
+            ``max_seq_length``, ``device``, ...; ``compress`` passes them all).
+
+    Raises:
+        ValueError: on an unknown name or a name without its argument (the message lists the
+            encoders for ``kind``), an encoder that does not embed ``kind``, or a bad option.
+    """
+    import inspect
+
+    if isinstance(spec, Encoder):
+        return spec
+    if spec is None:
+        if kind not in DEFAULT_ENCODERS:
+            raise ValueError(f"encoder: no default encoder for data of kind {kind!r}")
+        spec = DEFAULT_ENCODERS[kind]
+    if not isinstance(spec, str):
+        raise ValueError(f"encoder: expected a name ({_spec_names(kind)}) or an encoder object, got {spec!r}")
+    name, sep, arg = spec.partition(":")
+    cls = ENCODERS.get(name)
+    if cls is None or bool(getattr(cls, "argument", None)) != bool(sep) or (sep and not arg):
+        raise ValueError(f"encoder: expected one of {_spec_names(kind)}, got {spec!r}")
+    if kind is not None and kind not in cls.kinds:
+        raise ValueError(f"encoder: {name!r} embeds {' or '.join(cls.kinds)}, not {kind}; for {kind} use {_spec_names(kind)}")
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    return cls(arg, **kwargs) if sep else cls(**kwargs)
 
 
 def embedding_key(encoder: Encoder, dataset) -> str:
@@ -127,6 +183,6 @@ def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool 
             from .proxy import state_to_arrays
 
             cache.save("proxy", key, state_to_arrays(encoder.model))
-        if not isinstance(encoder, (PrecomputedEncoder, IdentityEncoder)):
+        if getattr(encoder, "cached", True):
             cache.save("embeddings", key, arrays)
     return emb, {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3)}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..models import check_width, proxy_resnet
 from ..models import Normalize
-from ..training import check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
+from ..training import check_seed, resolve_device, set_threads, to_batch, train_loop
 
 __all__ = ["random_resized_crop_flip", "two_view_embeddings", "SimCLREncoder", "nt_xent"]
 
@@ -138,8 +138,6 @@ class SimCLREncoder:
         return {"encoder": self.name, "arch": "proxy_resnet-v1+mlp64", "embedding": "backbone", "epochs": self.epochs, "max_samples": self.max_samples, "width": self.width, "batch_size": self.batch_size, "lr": self.lr, "temperature": self.temperature, "seed": self.seed}
 
     def train(self, images: np.ndarray, n_classes_hint: int = 10, progress: bool = False) -> _Contrastive:
-        from tqdm.auto import tqdm
-
         device = resolve_device(self.device)
         set_threads()
         h, w, c = images.shape[1:]
@@ -151,26 +149,16 @@ class SimCLREncoder:
         gen = torch.Generator().manual_seed(self.seed)
         n = len(images)
         pick = torch.randperm(n, generator=gen).numpy()[: min(n, self.max_samples)]
-        steps_per_epoch = max(1, len(pick) // self.batch_size)
-        total = self.epochs * steps_per_epoch
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         t0 = time.perf_counter()
-        step = 0
-        losses = []
-        bar = tqdm(total=total, desc="train simclr", unit="step", disable=not progress, leave=False)
-        for _ in range(self.epochs):
-            order = pick[torch.randperm(len(pick), generator=gen).numpy()]
-            for s in range(steps_per_epoch):
-                idx = np.sort(order[s * self.batch_size : (s + 1) * self.batch_size])
-                x = to_batch(images[idx], device, channels_last=False)
-                xa = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
-                xb = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
-                loss = nt_xent(model(xa), model(xb), self.temperature)
-                losses.append(optimizer_step(opt, loss, lr_at(step, total, self.lr, "cosine")))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.close()
+
+        def step_loss(idx: np.ndarray) -> torch.Tensor:
+            x = to_batch(images[idx], device, channels_last=False)
+            xa = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
+            xb = random_resized_crop_flip(x, gen).contiguous(memory_format=torch.channels_last)
+            return nt_xent(model(xa), model(xb), self.temperature)
+
+        losses = train_loop(model, step_loss, opt, n, self.epochs, self.batch_size, self.lr, gen, "cosine", pool=pick, progress=progress, desc="train simclr")
         self.model = model.eval()
         self.info = {"train_seconds": round(time.perf_counter() - t0, 2), "first_loss": round(losses[0], 4) if losses else None, "last_loss": round(float(np.mean(losses[-10:])), 4) if losses else None, "train_samples": int(len(pick))}
         return self.model

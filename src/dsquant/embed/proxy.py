@@ -63,6 +63,10 @@ class ProxyEncoder:
     """
 
     name = "proxy"
+    kinds = ("images",)
+    summary = "a small ResNet trained on the data a few epochs (DQ's proxy); its last-layer gradients or features"
+    argument = None
+    cached = True
 
     def __init__(
         self,

@@ -16,6 +16,10 @@ class PixelEncoder:
     """Flattened pixels scaled to [0, 1]: (N, H*W*C) float32."""
 
     name = "pixels"
+    kinds = ("images",)
+    summary = "flattened pixels in [0, 1]"
+    argument = None
+    cached = False  # recomputing is faster than reading a float copy of the images
 
     def config(self) -> dict:
         return {"encoder": self.name}
@@ -30,6 +34,10 @@ class PrecomputedEncoder:
     sample, in the dataset's order. Loaded without unpickling."""
 
     name = "features"
+    kinds = ("images", "text", "features")
+    summary = "precomputed features, one row per sample (.npy, or the features array of a .npz)"
+    argument = "PATH"
+    cached = False  # the file is the cache
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -62,6 +70,10 @@ class IdentityEncoder:
     """The features of a :class:`~dsquant.data.FeatureDataset` themselves."""
 
     name = "identity"
+    kinds = ("features",)
+    summary = "a feature dataset's own features"
+    argument = None
+    cached = False
 
     def config(self) -> dict:
         return {"encoder": self.name}

@@ -89,6 +89,10 @@ class SentenceEncoder:
     """
 
     name = "sentence"
+    kinds = ("text",)
+    summary = "a sentence-transformers model (all-MiniLM-L6-v2 by default, offline)"
+    argument = None
+    cached = True
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 128, max_seq_length: int | None = None, device: str | None = None) -> None:
         from ..training import resolve_device

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..models import Normalize
-from ..training import check_seed, lr_at, optimizer_step, resolve_device, set_threads, to_batch
+from ..training import check_seed, resolve_device, set_threads, to_batch, train_loop
 from .mae import MAEConfig, MaskedAutoencoderViT
 
 __all__ = ["cached_tiny_mae", "tiny_mae_config", "train_tiny_mae", "random_keep", "check_mask_ratio", "save_mae", "mae_to_arrays", "mae_from_arrays", "MAE_ENTRY"]
@@ -96,8 +96,6 @@ def train_tiny_mae(
         ValueError: naming the parameter, on a mask ratio, seed or device that is not usable,
             or images that are not square.
     """
-    from tqdm.auto import tqdm
-
     check_mask_ratio(mask_ratio)
     check_seed(seed)
     device = resolve_device(device)
@@ -113,27 +111,17 @@ def train_tiny_mae(
     gen = torch.Generator().manual_seed(seed)
     n = len(images)
     pool = torch.randperm(n, generator=gen).numpy()[: min(n, max_samples or n)]
-    steps_per_epoch = max(1, len(pool) // batch_size)
-    total = epochs * steps_per_epoch
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
-    losses = []
     t0 = time.perf_counter()
-    step = 0
-    bar = tqdm(total=total, desc="train tiny MAE", unit="step", disable=not progress, leave=False)
-    for _ in range(epochs):
-        order = pool[torch.randperm(len(pool), generator=gen).numpy()]
-        for s in range(steps_per_epoch):
-            idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
-            x = to_batch(images[idx], device, channels_last=False)
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x)
-            mask = random_keep(len(idx), n_patches, keep, gen).to(device)
-            loss, _ = model(x, mask)
-            losses.append(optimizer_step(opt, loss, lr_at(step, total, lr, "onecycle", warmup=0.05)))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
+
+    def step_loss(idx: np.ndarray) -> torch.Tensor:
+        x = to_batch(images[idx], device, channels_last=False)
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(flip.to(device).view(-1, 1, 1, 1), x.flip(3), x)
+        mask = random_keep(len(idx), n_patches, keep, gen).to(device)
+        return model(x, mask)[0]
+
+    losses = train_loop(model, step_loss, opt, n, epochs, batch_size, lr, gen, "onecycle", warmup=0.05, pool=pool, progress=progress, desc="train tiny MAE")
     info = {
         "seconds": round(time.perf_counter() - t0, 1),
         "epochs": epochs,

@@ -115,16 +115,12 @@ def _views(dataset, encoder: str, proxy, seed: int, cache: Cache | None, device,
     a, b = two_view_embeddings(fn, dataset.images, seed=seed, device=device, progress=progress)
     info["views_seconds"] = round(time.perf_counter() - t, 2)
     if cache is not None:
-        import json
-
-        cache.save("views", key, {"a": a, "b": b, "info": np.array(json.dumps(info))})
+        cache.save("views", key, {"a": a, "b": b, "info": Cache.pack_json(info)})
     return a, b, {**config, "cached": False, **info}
 
 
 def _json(value) -> dict:
-    import json
-
-    return json.loads(str(value)) if value is not None else {}
+    return Cache.unpack_json(value) if value is not None else {}
 
 
 def bin_scores(

@@ -615,6 +615,51 @@ class Run:
         return ds
 
 
+    def export(self, fmt: str = "npz", dest=None, overwrite: bool = False, reconstructor: str | None = None, device=None, cache=None, progress: bool = False) -> dict:
+        """Write the compressed set's images, in the original index order (file and row i are
+        dataset index ``indices[i]``): with pixel quantization the dropped patches are rebuilt
+        first (by the run's reconstructor, or ``reconstructor``). The face of ``dsquant export``.
+
+        Args:
+            fmt: ``"npz"`` (``images``, ``labels``, ``indices``, ``classes``) or
+                ``"imagefolder"`` (PNG files per class, :func:`write_images`).
+            dest: where to write (default ``DIR/export.npz`` or ``DIR/export``); checked and
+                locked before any image is read (:class:`AtomicOutput`).
+            overwrite: replace an earlier export that dsquant wrote (never anything else).
+
+        Returns:
+            ``{"dest": path, "n": images written, "what": "unmodified" or "reconstructed (...)"}``.
+
+        Raises:
+            ValueError: if the run holds no images, its dataset changed (fingerprint), or
+                ``dest`` exists and may not be replaced.
+            FileExistsError: if ``dest`` exists and ``overwrite`` is False.
+        """
+        m = self.manifest
+        kind = m["dataset"].get("kind")
+        if kind != "images":
+            raise ValueError(f"{self.path}: export writes images; this run compressed {kind} data (see subset.jsonl or indices.npy)")
+        check_export(fmt, kind)
+        npz = fmt == "npz"
+        dest = Path(dest or Path(self.path) / ("export.npz" if npz else "export"))
+        with AtomicOutput(dest, overwrite=overwrite, protect=[m["dataset"]["source"]], keep=[self.path], recognise=is_export_npz if npz else is_export_dir, what="an export", is_file=npz) as w:
+            if m.get("pixels"):
+                from .pixels import load_reconstructed
+
+                images, store = load_reconstructed(self.path, reconstructor, device, progress)
+                order = np.argsort(store.indices, kind="stable")  # the original index order
+                images, indices, labels, classes = images[order], store.indices[order], store.labels[order], store.classes
+                what = f"reconstructed ({reconstructor or m['pixels']['reconstructor']})"
+            else:
+                ds = self.open_dataset(cache=cache, progress=progress)  # verifies the fingerprint
+                indices = self.indices
+                images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
+                what = "unmodified"
+            write_images(w.tmp, fmt, images, labels, indices, list(classes))
+            w.commit()
+        return {"dest": dest, "n": int(len(indices)), "what": what}
+
+
 CompressedOutput = Run  # the earlier name
 
 

@@ -112,6 +112,22 @@ class Cache:
         self._swept: set[str] = set()
         self._skipped: set[Path] = set()
 
+    @staticmethod
+    def pack_json(value) -> np.ndarray:
+        """``value`` (JSON-serialisable: a record, a config) as a 0-d unicode array, the one
+        way metadata is stored inside a cache entry (no pickle)."""
+        return np.array(json.dumps(value))
+
+    @staticmethod
+    def unpack_json(array) -> object:
+        """What :meth:`pack_json` stored.
+
+        Raises:
+            ValueError: if ``array`` does not hold JSON (the entry is then a miss for
+                :meth:`load`'s ``validate``).
+        """
+        return json.loads(str(array))
+
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.npz"
 

@@ -278,35 +278,11 @@ def _add_train_mae(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from .artifact import AtomicOutput, is_export_dir, is_export_npz, read_output, write_images
+    from .artifact import read_output
     from .cache import Cache
 
-    res = read_output(args.dir)
-    m = res.manifest
-    kind = m["dataset"].get("kind")
-    if kind != "images":
-        raise ValueError(f"{args.dir}: export writes images; this run compressed {kind} data (see subset.jsonl or indices.npy)")
-    npz = args.format == "npz"
-    dest = Path(args.dest or Path(args.dir) / ("export.npz" if npz else "export"))
-    progress = not args.quiet and sys.stderr.isatty()
-    # the destination is checked (and locked) before the images are read or rebuilt
-    with AtomicOutput(dest, overwrite=args.overwrite, protect=[m["dataset"]["source"]], keep=[args.dir], recognise=is_export_npz if npz else is_export_dir, what="an export", is_file=npz) as w:
-        if m.get("pixels"):
-            from .pixels import load_reconstructed
-
-            images, store = load_reconstructed(args.dir, args.reconstructor, args.device, progress)
-            indices, labels, classes = store.indices, store.labels, store.classes
-            order = np.argsort(indices, kind="stable")  # the original index order
-            images, indices, labels = images[order], indices[order], labels[order]
-            what = f"reconstructed ({args.reconstructor or m['pixels']['reconstructor']})"
-        else:
-            ds = res.open_dataset(cache=Cache(), progress=progress)  # verifies the fingerprint
-            indices = res.indices
-            images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
-            what = "unmodified"
-        write_images(w.tmp, args.format, images, labels, indices, list(classes))
-        w.commit()
-    print(f"dsquant export: {len(indices)} {what} images -> {dest}")
+    done = read_output(args.dir).export(args.format, args.dest, args.overwrite, args.reconstructor, args.device, Cache(), progress=not args.quiet and sys.stderr.isatty())
+    print(f"dsquant export: {done['n']} {done['what']} images -> {done['dest']}")
     return 0
 
 

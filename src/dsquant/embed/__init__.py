@@ -144,10 +144,8 @@ def fitted_proxy(encoder: "ProxyEncoder", dataset, cache: Cache | None = None, p
 
 def _embedding_entry(n: int):
     """What a cached embedding of ``n`` samples must hold: (expect, validate) of Cache.load."""
-    import json
-
     def valid(a) -> bool:
-        json.loads(str(a["info"]))
+        Cache.unpack_json(a["info"])
         if str(a["kind"]) == "features":
             return True
         delta = a.get("delta")
@@ -164,21 +162,19 @@ def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool 
     Returns:
         (the embedding, a record: cache key, whether it was a cache hit, seconds spent).
     """
-    import json
-
     key = embedding_key(encoder, dataset)
     t0 = time.perf_counter()
     if cache is not None:
         hit = cache.load("embeddings", key, *_embedding_entry(len(dataset)))
         if hit is not None:
-            emb = Embedding(hit["features"], hit.get("delta"), str(hit["kind"]), json.loads(str(hit["info"])))
+            emb = Embedding(hit["features"], hit.get("delta"), str(hit["kind"]), Cache.unpack_json(hit["info"]))
             return emb, {"key": key, "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
     emb = encoder.encode(dataset, progress=progress)
     if cache is not None:
         arrays = dict(emb.arrays())
         arrays["features"] = np.asarray(arrays["features"])
         arrays["kind"] = np.array(emb.kind)
-        arrays["info"] = np.array(json.dumps(emb.info))
+        arrays["info"] = Cache.pack_json(emb.info)
         if isinstance(encoder, ProxyEncoder) and encoder.model is not None:
             from .proxy import state_to_arrays
 

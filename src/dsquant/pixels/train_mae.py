@@ -7,13 +7,13 @@ mask is exactly the dropped patches.
 
 from __future__ import annotations
 
-import json
 import numbers
 import time
 
 import numpy as np
 import torch
 
+from ..cache import Cache
 from ..models import Normalize
 from ..training import check_seed, resolve_device, set_threads, to_batch, train_loop
 from .mae import MAEConfig, MaskedAutoencoderViT
@@ -160,7 +160,7 @@ def mae_to_arrays(model: MaskedAutoencoderViT, info: dict) -> dict[str, np.ndarr
     """A tiny MAE as arrays for the cache: its state_dict, config and training info."""
     from ..embed.proxy import state_to_arrays
 
-    return {**state_to_arrays(model), "__config__": np.array(json.dumps(model.config.to_json())), "__info__": np.array(json.dumps(info))}
+    return {**state_to_arrays(model), "__config__": Cache.pack_json(model.config.to_json()), "__info__": Cache.pack_json(info)}
 
 
 def mae_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[MaskedAutoencoderViT, dict] | None:
@@ -170,8 +170,8 @@ def mae_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[MaskedAutoencoderViT
 
     try:
         arrays = dict(arrays)
-        config = MAEConfig.from_json(json.loads(str(arrays.pop("__config__"))))
-        info = json.loads(str(arrays.pop("__info__")))
+        config = MAEConfig.from_json(Cache.unpack_json(arrays.pop("__config__")))
+        info = Cache.unpack_json(arrays.pop("__info__"))
         model = MaskedAutoencoderViT(config)
         model.load_state_dict(arrays_to_state(arrays))
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError, ZeroDivisionError):

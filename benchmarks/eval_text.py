@@ -1,10 +1,12 @@
 """Does selection help text? Two experiments (issue: instruction data).
 
-    python benchmarks/eval_text.py banking77 [--ratios 0.05 0.1 0.2] [--seeds 0 1 2]
+    python benchmarks/eval_text.py banking77 [--per-class 1 2 5 10] [--ratios 0.05 0.1 0.2] [--seeds 0 .. 9]
     python benchmarks/eval_text.py coverage [--data PATH] [--ratio 0.2]
 
 banking77: a logistic regression on all-MiniLM-L6-v2 embeddings, trained on the subset chosen by
-random (class-balanced), DQ and ADQ (bins per intent), tested on banking77_test.jsonl.
+random (intent-balanced) and each selection method (bins per intent), tested on
+banking77_test.jsonl; every method's difference from random is paired by seed, with its 95 %
+interval (Student's paired t).
 coverage: on an instruction set, the share of every ``source`` kept and the mean / 95th
 percentile cosine distance from every record to its nearest selected record.
 Embeddings are cached (~/.cache/dsquant), so a rerun is fast. Prints Markdown tables.
@@ -26,6 +28,9 @@ TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
 
 
 def banking77(args) -> None:
+    from dsquant.evaluate.protocols import per_class_ratio
+    from dsquant.evaluate.stats import paired_difference
+
     train = load_dataset(TEXT / "banking77_train.jsonl", group_by="label")
     test = load_dataset(TEXT / "banking77_test.jsonl", group_by="label")
     cache = Cache()
@@ -34,23 +39,34 @@ def banking77(args) -> None:
     xte, _ = embed(enc, test, cache)
     ytr, yte = train.labels, align_labels(train, test)
     full = logreg_accuracy(xtr.features, ytr, xte.features, yte)
+    budgets = [(f"{m:g}/intent", per_class_ratio(m, train)) for m in args.per_class] + [(f"{100 * r:g} %", r) for r in args.ratios]
     rows = {}
     for method in args.methods:
-        for ratio in args.ratios:
+        for label, ratio in budgets:
             accs = []
             for seed in args.seeds:
-                res = compress(train, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0)
+                res = compress(train, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0, cache_dir=cache.root)
                 accs.append(logreg_accuracy(xtr.features[res.indices], ytr[res.indices], xte.features, yte, seed=seed))
-            rows[(method, ratio)] = accs
-            print(f"{method} {ratio}: {np.mean(accs):.4f} +- {np.std(accs, ddof=1):.4f}", flush=True)
+            rows[(method, label)] = accs
+            print(f"{method} {label}: {np.mean(accs):.4f} +- {np.std(accs, ddof=1):.4f}", flush=True)
     print(f"\nBanking77: logistic regression (C=10) on all-MiniLM-L6-v2 embeddings; train {len(train):,}, test {len(test):,}; "
-          f"bins K={args.bins} per intent; mean +- std over seeds {args.seeds}\n")
-    print("| method | " + " | ".join(f"{100 * r:g} %" for r in args.ratios) + " |")
-    print("|---|" + "---|" * len(args.ratios))
+          f"bins K={args.bins} per intent; {len(args.seeds)} seeds ({args.seeds[0]}..{args.seeds[-1]}); test accuracy (%) mean ± std, "
+          f"and the difference from intent-balanced random paired by seed with its 95 % interval (Student's paired t)\n")
+    labels = [b[0] for b in budgets]
+    print("| method | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
     for method in args.methods:
-        cells = [f"{100 * np.mean(rows[(method, r)]):.2f} ± {100 * np.std(rows[(method, r)], ddof=1):.2f}" for r in args.ratios]
+        cells = []
+        for label in labels:
+            a = rows[(method, label)]
+            cell = f"{100 * np.mean(a):.2f} ± {100 * np.std(a, ddof=1):.2f}"
+            if method != "random" and ("random", label) in rows:
+                d = paired_difference(a, rows[("random", label)])
+                mark = " **↑**" if d.low > 0 else (" ↓" if d.high < 0 else "")
+                cell += f" ({100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]{mark})"
+            cells.append(cell)
         print(f"| {method} | " + " | ".join(cells) + " |")
-    print(f"| full (100 %) | {100 * full:.2f} |" + " |" * (len(args.ratios) - 1))
+    print(f"| full (100 %) | {100 * full:.2f} |" + " |" * (len(labels) - 1))
 
 
 def cover(args) -> None:
@@ -77,10 +93,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("banking77")
-    b.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.1, 0.2])
-    b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    b.add_argument("--methods", nargs="+", default=["random", "dq", "adq"])
-    b.add_argument("--bins", type=int, default=5)
+    b.add_argument("--per-class", nargs="+", type=float, default=[1, 2, 5, 10], help="budgets in examples per intent")
+    b.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.1, 0.2], help="budgets as keep ratios")
+    b.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    b.add_argument("--methods", nargs="+", default=["random", "dq", "dq-budget", "adq", "kcenter", "herding", "facility-location", "moderate-ds", "prototypes"])
+    b.add_argument("--bins", type=int, default=10)
     c = sub.add_parser("coverage")
     c.add_argument("--data", default=str(TEXT / "instructions.jsonl.gz"))
     c.add_argument("--ratio", type=float, default=0.2)

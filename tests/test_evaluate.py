@@ -85,3 +85,30 @@ def test_benchmark_grid_resumes_and_reports(tmp_path, monkeypatch):
     # the same selection is reused by every architecture of a cell
     sel = con.execute("SELECT COUNT(*) FROM selections WHERE method='dq'").fetchone()[0]
     assert sel == 2 * 2
+
+
+def test_validation_split_and_per_class_budgets(tmp_path, monkeypatch):
+    """The low-budget protocols: budgets in samples per class become keep ratios per dataset;
+    a validation split carved from the training set, class-balanced, disjoint, seeded."""
+    from dsquant.evaluate.protocols import per_class_ratio, validation_split
+
+    ds = load_digits()
+    pool, val = validation_split(ds, fraction=0.2, seed=3)
+    counts = np.bincount(ds.labels)
+    assert np.array_equal(np.bincount(val.labels), np.round(0.2 * counts).astype(int))
+    assert len(pool) + len(val) == len(ds) and pool.split == "train-pool" and val.split == "train-val"
+    # disjoint and together the training set: every image appears once (digits has no duplicates per label)
+    rows = {(im.tobytes(), int(y)) for im, y in zip(np.concatenate([pool.images, val.images]), np.concatenate([pool.labels, val.labels]))}
+    assert len(rows) == len({(im.tobytes(), int(y)) for im, y in zip(ds.images, ds.labels)})
+    assert pool.fingerprint() != ds.fingerprint()
+    again, _ = validation_split(ds, fraction=0.2, seed=3)
+    assert np.array_equal(again.images, pool.images)
+    assert per_class_ratio(10, ds) == pytest.approx(100 / 1437)
+    with pytest.raises(ValueError, match=r"per_class: 200 per class of 1437 samples is a keep ratio of 1.392, outside \(0, 1\]"):
+        per_class_ratio(200, ds)
+
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    grid = Grid(["digits"], ["random"], [], ["logreg"], [0], "tiny", per_class=[2, 5])
+    db = run_grid(grid, tmp_path, progress=False, log=lambda *a: None)
+    rows = sqlite3.connect(db).execute("SELECT ratio, n_train FROM results ORDER BY ratio").fetchall()
+    assert [n for _, n in rows] == [20, 50] and rows[0][0] == pytest.approx(20 / 1437)

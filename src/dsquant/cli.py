@@ -186,7 +186,8 @@ def _add_benchmark(sub) -> None:
     from .methods import METHODS
 
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[FULL, *METHODS], help=f"{FULL} (the whole training set) and the selection methods (default: {' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--ratios", nargs="+", type=_ratio, default=[0.01, 0.05, 0.1, 0.2])
+    p.add_argument("--ratios", nargs="+", type=_ratio, help="keep ratios (default 0.01 0.05 0.1 0.2, or none with --per-class)")
+    p.add_argument("--per-class", nargs="+", type=_positive_int, default=[], metavar="M", help="budgets in samples per class (e.g. 1 5 10 50 for the lowbudget preset): keep ratio M x classes / N of each dataset")
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
     p.add_argument("--seeds", nargs="+", type=_seed, help="seeds of sampling and training (default: 0 .. N-1 with N from --n-seeds); wins over --n-seeds")
     p.add_argument("--n-seeds", type=_positive_int, default=10, metavar="N", help="run seeds 0 .. N-1 when --seeds is not given (default 10)")
@@ -234,7 +235,8 @@ def _cmd_benchmark(args) -> int:
     if args.diversity_encoder is not None:
         opts["diversity_encoder"] = args.diversity_encoder
     seeds = args.seeds if args.seeds is not None else list(range(args.n_seeds))
-    grid = Grid(args.data, args.methods, args.ratios, args.arch, seeds, args.preset, opts)
+    ratios = args.ratios if args.ratios is not None else ([] if args.per_class else [0.01, 0.05, 0.1, 0.2])
+    grid = Grid(args.data, args.methods, ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class)
     db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
     print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")

@@ -417,13 +417,15 @@ class _PoolGreedy:
         return picked
 
 
-def _bins_of_pool(features, sizes, lam, block_size, dtype, progress, memory=2**31) -> list[np.ndarray]:
-    """Bins of one pool: local positions (sorted int64) for each of the K bins."""
+def _bins_of_pool(features, sizes, lam, block_size, dtype, progress, memory=2**31, ordered: bool = False) -> list[np.ndarray]:
+    """Bins of one pool: local positions for each of the K bins, sorted (or, with ``ordered``,
+    the first K - 1 in the order the greedy picked them)."""
     greedy = _PoolGreedy(make_kernel(features, dtype=dtype), lam, block_size, memory)
     out: list[np.ndarray] = []
     for budget in sizes[:-1]:
         budget = min(int(budget), len(greedy.index))
-        out.append(np.sort(greedy.select(budget, progress)))
+        picked = greedy.select(budget, progress)
+        out.append(picked if ordered else np.sort(picked))
     out.append(greedy.index)
     if progress is not None and len(greedy.index):
         progress(len(greedy.index))
@@ -441,7 +443,8 @@ def generate_bins(
     dtype: type = np.float32,
     n_jobs: int | None = None,
     progress: ProgressFn | None = None,
-) -> list[np.ndarray]:
+    return_rank: bool = False,
+) -> list[np.ndarray] | tuple[list[np.ndarray], np.ndarray]:
     """Split a dataset into K non-overlapping bins by repeated greedy GraphCut selection.
 
     Args:
@@ -466,12 +469,15 @@ def generate_bins(
             result does not depend on it.
         progress: optional callable, called with the number of samples placed since its last
             call (sums to N).
+        return_rank: also return every sample's position in its pool's greedy sequence.
 
     Returns:
         K int64 arrays of sorted indices into ``features``; together they partition
         ``range(N)``. Bin k < K-1 holds the greedy GraphCut selection from what bins 0..k-1 left;
         the last bin holds the remainder. Ties (gains within 64 float64 ulps) go to the lowest
-        index.
+        index. With ``return_rank``, ``(bins, rank)``: rank (N,) int64 is the step at which the
+        greedy of the sample's pool (its class) picked it, 0 first; -1 for the last bin, which
+        the greedy never ranks. The bins are the same either way.
 
     Raises:
         ValueError: on a non-2-D or empty feature array, NaN or inf features, ``n_bins < 1``,
@@ -519,7 +525,7 @@ def generate_bins(
             if isinstance(features, GradientEmbedding)
             else np.asarray(features[group])
         )
-        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress, memory)
+        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress, memory, ordered=return_rank)
         return [group[b] for b in local]
 
     workers = min(len(groups), n_jobs if n_jobs is not None else (os.cpu_count() or 1))
@@ -530,7 +536,14 @@ def generate_bins(
             per_pool = list(pool.map(pool_bins, range(len(groups))))
     else:
         per_pool = [pool_bins(i) for i in range(len(groups))]
-    return [
+    bins = [
         np.sort(np.concatenate([p[k] for p in per_pool])).astype(np.int64)
         for k in range(n_bins)
     ]
+    if not return_rank:
+        return bins
+    rank = np.full(n, -1, dtype=np.int64)
+    for p in per_pool:  # the first K - 1 bins of a pool, in greedy order, one after the other
+        ranked = np.concatenate(p[:-1]) if n_bins > 1 else np.empty(0, dtype=np.int64)
+        rank[ranked] = np.arange(len(ranked))
+    return bins, rank

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["largest_remainder", "split_over_classes", "sample_uniform", "sample_with_counts", "budget"]
+__all__ = ["largest_remainder", "split_over_classes", "sample_uniform", "sample_with_counts", "skewed_bin_counts", "budget"]
 
 
 def budget(ratio: float, n: int) -> int:
@@ -196,10 +196,15 @@ def sample_with_counts(
     bin_counts: Sequence[int],
     labels: np.ndarray | None = None,
     seed: int | np.random.Generator | None = 0,
+    rank: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw ``bin_counts[k]`` samples from bin k, split over its classes in proportion to their
     counts there (:func:`split_over_classes`: exact bin and class totals), uniformly without
     replacement, cells in the order (bin 0, class 0), (bin 0, class 1), ...
+
+    With ``rank`` ((N,) ints: the greedy step of each sample, :func:`dsquant.generate_bins`
+    with ``return_rank``), a cell whose members are all ranked (rank >= 0) takes its lowest
+    ranks, the greedy's first picks, instead of drawing; unranked cells still draw uniformly.
 
     Args:
         bins: K int arrays of dataset indices (as from :func:`dsquant.generate_bins`).
@@ -223,10 +228,16 @@ def sample_with_counts(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     sizes, members = _cells(bins, labels)
     per_cell = split_over_classes(counts, sizes)
+    if rank is not None:
+        rank = np.asarray(rank)
+        if rank.ndim != 1 or (len(rank) and len(rank) <= max(int(np.max(b)) for b in bins if len(b))):
+            raise ValueError(f"rank: expected one rank per sample of the dataset, got shape {rank.shape}")
     picked = []
     for row, row_counts in zip(members, per_cell):
         for m, q in zip(row, row_counts):
-            if q:
+            if q and rank is not None and len(m) and (rank[m] >= 0).all():
+                picked.append(m[np.argsort(rank[m], kind="stable")[: int(q)]])
+            elif q:
                 picked.append(rng.choice(m, size=int(q), replace=False))
     if not picked:
         return np.empty(0, dtype=np.int64)
@@ -264,3 +275,47 @@ def sample_uniform(
     sizes = [len(b) for b in bins]
     counts = largest_remainder(budget(ratio, n), sizes, caps=sizes)
     return sample_with_counts(bins, counts, labels, seed)
+
+
+def skewed_bin_counts(sizes: Sequence[int], total: int, skew: float = 0.0, drop_last: bool = False) -> np.ndarray:
+    """How many of ``total`` samples each of K bins gives when the shares lean towards the
+    early (representative) bins (``skew > 0``) or the late (diverse) ones (``skew < 0``).
+
+    Bin k's weight is ``|B_k| * exp(skew * (1 - 2 k / (K - 1)))`` (the factor runs from
+    ``e^skew`` for bin 0 to ``e^-skew`` for the last bin); the counts are the largest-remainder
+    split of ``total`` by these weights, capped at the bin sizes (:func:`largest_remainder`).
+    ``drop_last`` gives the last bin (the greedy's remainder: outliers, mislabelled samples)
+    nothing, unless the other bins cannot hold ``total``. With ``skew = 0`` and no drop these are
+    exactly DQ's counts (:func:`sample_uniform`).
+
+    Args:
+        sizes: (K,) bin sizes.
+        total: samples to split, ``0 <= total <= sum(sizes)``.
+        skew: finite float.
+        drop_last: leave out the last bin.
+
+    Returns:
+        (K,) int64 counts summing to ``total``.
+
+    Raises:
+        ValueError: on a non-finite skew, or a total the bins cannot hold.
+
+    Source: dsquant's budget-following allocation (docs/selection.md), beyond the DQ/ADQ papers.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    k = len(sizes)
+    try:
+        skew = float(skew)
+    except (TypeError, ValueError):
+        skew = float("nan")
+    if not np.isfinite(skew):
+        raise ValueError(f"skew: expected a finite number, got {skew!r}")
+    if not 0 <= int(total) <= int(sizes.sum()):
+        raise ValueError(f"total: expected 0 <= total <= {int(sizes.sum())} (the bins' samples), got {total}")
+    position = np.linspace(1.0, -1.0, k) if k > 1 else np.zeros(1)
+    weights = sizes * np.exp(skew * position) if skew != 0.0 else sizes.astype(np.float64)
+    caps = sizes.copy()
+    if drop_last and k > 1 and int(sizes[:-1].sum()) >= int(total):
+        caps[-1] = 0
+        weights[-1] = 0.0
+    return largest_remainder(int(total), weights, caps=caps)

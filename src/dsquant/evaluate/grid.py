@@ -81,6 +81,9 @@ class Grid:
         preset: training preset name.
         compress_options: extra keyword arguments of :func:`dsquant.compress` (n_bins, epochs,
             embedding, alpha, ...); part of every cell's key.
+        per_class: budgets in samples per class (low-budget protocols), in addition to
+            ``ratios``: each becomes the keep ratio ``per_class * n_classes / N`` of every
+            dataset (:func:`dsquant.evaluate.protocols.per_class_ratio`).
     """
 
     datasets: list[str]
@@ -90,6 +93,13 @@ class Grid:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     preset: str = "cpu"
     compress_options: dict = field(default_factory=dict)
+    per_class: list[float] = field(default_factory=list)
+
+    def ratios_for(self, train) -> list[float]:
+        """The keep ratios of ``train``: ``ratios``, then the ``per_class`` budgets as ratios."""
+        from .protocols import per_class_ratio
+
+        return [float(r) for r in self.ratios] + [per_class_ratio(m, train) for m in self.per_class]
 
     def options_key(self, method: str = DQ.name) -> str:
         """The compress options that matter for ``method`` (none for full and random)."""
@@ -198,7 +208,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
         train, test = read_dataset(ds, "train", cache=cache), read_dataset(ds, "test", cache=cache)
         fp = _fingerprint(train, test)
         for method in grid.methods:
-            for ratio in [1.0] if method == FULL else grid.ratios:
+            for ratio in [1.0] if method == FULL else grid.ratios_for(train):
                 for seed in grid.seeds:
                     for arch in archs:
                         cells += 1

@@ -5,11 +5,17 @@
 | ``random`` | :class:`Random` | class-balanced random sampling (the baseline) |
 | ``dq`` | :class:`DQ` | GraphCut bins + the same fraction of every bin |
 | ``adq`` | :class:`ADQ` | DQ's bins, per-bin shares from importance and size |
+| ``dq-budget`` | :class:`DQBudget` | DQ's bins, shares that follow the budget (dsquant) |
 | ``kcenter`` | :class:`KCenterGreedy` | k-center greedy in the embedding |
 | ``herding`` | :class:`Herding` | running mean closest to the class mean |
 | ``facility-location`` | :class:`FacilityLocation` | submodular facility location |
 | ``moderate-ds`` | :class:`ModerateDS` | distance to the class median closest to its median |
 | ``prototypes`` | :class:`Prototypes` | distance to the k-means centroid |
+| ``el2n`` | :class:`EL2N` | error L2 norm early in training (Paul et al. 2021) |
+| ``grand`` | :class:`GraNd` | gradient norm early in training (Paul et al. 2021) |
+| ``forgetting`` | :class:`Forgetting` | forgetting events in training (Toneva et al. 2019) |
+| ``least-confidence``, ``entropy``, ``margin`` | :class:`LeastConfidence`, ... | uncertainty of the trained proxy |
+| ``ccs`` | :class:`CCS` | coverage-centric stratified sampling, hardest cut (Zheng et al. 2023) |
 
 The CLI's ``--method`` choices, the benchmark grid and ``dsquant info`` read :data:`METHODS`;
 a method added with :func:`register_method` is available to all of them.
@@ -21,11 +27,13 @@ import inspect
 
 from .base import Context, Selection, SelectionMethod, check_int, check_unit
 from .baselines import FacilityLocation, Herding, KCenterGreedy, ModerateDS, Prototypes
+from .budget import DQBudget
 from .dq import ADQ, DQ, Random
+from .dynamics import CCS, DYNAMICS_METHODS, EL2N, Entropy, Forgetting, GraNd, LeastConfidence, Margin
 
-__all__ = ["ADQ", "DQ", "FacilityLocation", "Herding", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "check_int", "check_unit", "make_method", "register_method"]
+__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "check_int", "check_unit", "make_method", "register_method"]
 
-METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, Random, KCenterGreedy, Herding, FacilityLocation, ModerateDS, Prototypes)}
+METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Random, KCenterGreedy, Herding, FacilityLocation, ModerateDS, Prototypes, *DYNAMICS_METHODS)}
 """Every selection method by name, in the order reports list them after ``random``."""
 
 

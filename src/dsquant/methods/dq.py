@@ -71,8 +71,9 @@ class DQ(SelectionMethod):
                 f"use at most {int(present.min())} bins"
             )
 
-    def bins(self, ctx: Context) -> list[np.ndarray]:
-        """The K bins of the run's embedding, with a progress bar; NaN/inf features name their
+    def bins(self, ctx: Context, return_rank: bool = False):
+        """The K bins of the run's embedding (and, with ``return_rank``, every sample's greedy
+        step: :func:`dsquant.generate_bins`), with a progress bar; NaN/inf features name their
         source."""
         from ..data import DataError
 
@@ -92,6 +93,7 @@ class DQ(SelectionMethod):
                 block_size=self.block_size,
                 dtype=np.float32 if self.precision == "float32" else np.float64,
                 progress=bar.update if bar is not None else None,
+                return_rank=return_rank,
             )
         except ValueError as exc:
             if "NaN or inf" not in str(exc):

@@ -1,0 +1,109 @@
+"""Tune dq-budget's "auto" rule on a validation split carved from the training set (issue 14,
+item 2: the rule that sets the skew from the budget is chosen without the test split).
+
+The training set is split into a pool (5/6) and a validation split (1/6, class-balanced,
+seed 0: ``dsquant.evaluate.protocols.validation_split``). The proxy is trained on the pool only;
+bins and greedy ranks are computed once; every variant selects from the pool with the same
+functions ``DQBudget`` uses, and models of the ``lowbudget`` preset train on the selection and
+are tested on the validation split. Paired by seed: for seed s every variant trains with the
+same initialisation and batch order, and random draws a new subset per seed.
+
+    python benchmarks/tune_budget_rule.py ../shared/data/fashion-mnist --per-class 1 5 10 50 --seeds 0 1 2 3 4 --out /tmp/tune-fmnist.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import time
+
+import numpy as np
+
+VARIANTS = {
+    # name: (skew, drop_last, order) ; "random" is class-balanced random sampling
+    "random": None,
+    "dq": (0.0, False, "uniform"),
+    "s1-uniform": (1.0, False, "uniform"),
+    "s2-uniform": (2.0, False, "uniform"),
+    "s2-uniform-drop": (2.0, True, "uniform"),
+    "s1-greedy-drop": (1.0, True, "greedy"),
+    "s2-greedy-drop": (2.0, True, "greedy"),
+    "s4-greedy-drop": (4.0, True, "greedy"),
+    "s0-drop": (0.0, True, "uniform"),
+    "s-1-uniform": (-1.0, False, "uniform"),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("--per-class", nargs="+", type=float, default=[1, 5, 10, 50])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--arch", nargs="+", default=["convnet", "mlp"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--preset", default="lowbudget")
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5, help="proxy epochs")
+    p.add_argument("--embedding", default="gradient", choices=["gradient", "features"])
+    p.add_argument("--out", required=True, help="CSV of every training (appended to, resumed)")
+    args = p.parse_args()
+
+    from dsquant.cache import Cache
+    from dsquant.core.bins import generate_bins
+    from dsquant.core.sampling import budget, sample_uniform, sample_with_counts, skewed_bin_counts
+    from dsquant.data import read_dataset
+    from dsquant.embed import ProxyEncoder, embed
+    from dsquant.evaluate import train_and_test
+    from dsquant.evaluate.protocols import per_class_ratio, validation_split
+    from dsquant.evaluate.stats import paired_difference
+
+    cache = Cache()
+    train = read_dataset(args.data, cache=cache)
+    pool, val = validation_split(train, seed=0)
+    t = time.perf_counter()
+    emb, rec = embed(ProxyEncoder(epochs=args.epochs, seed=0, embedding=args.embedding), pool, cache=cache, progress=True)
+    print(f"proxy embedding of the pool ({len(pool)}): {time.perf_counter() - t:.0f} s (cached {rec['cached']})", flush=True)
+    t = time.perf_counter()
+    bins, rank = generate_bins(emb.for_binning(), args.bins, pool.labels, return_rank=True)
+    print(f"bins: {time.perf_counter() - t:.0f} s", flush=True)
+
+    done = {}
+    try:
+        with open(args.out) as f:
+            for r in csv.DictReader(f):
+                done[(float(r["per_class"]), r["variant"], r["arch"], int(r["seed"]))] = float(r["accuracy"])
+    except FileNotFoundError:
+        with open(args.out, "w") as f:
+            f.write("per_class,variant,arch,seed,accuracy,n_train\n")
+    for m, arch, seed, name in itertools.product(args.per_class, args.arch, args.seeds, args.variants):
+        key = (float(m), name, arch, seed)
+        if key in done:
+            continue
+        ratio = per_class_ratio(m, pool)
+        total = budget(ratio, len(pool))
+        if VARIANTS[name] is None:
+            idx = sample_uniform([np.arange(len(pool))], ratio, pool.labels, seed)
+        else:
+            skew, drop, order = VARIANTS[name]
+            counts = skewed_bin_counts([len(b) for b in bins], total, skew, drop)
+            idx = sample_with_counts(bins, counts, pool.labels, seed, rank if order == "greedy" else None)
+        r = train_and_test(pool, idx, val, arch, args.preset, seed)
+        done[key] = r["accuracy"]
+        with open(args.out, "a") as f:
+            f.write(f"{m},{name},{arch},{seed},{r['accuracy']:.6f},{len(idx)}\n")
+        print(f"{m:>5g}/class {name:<16} {arch:<16} seed {seed}: {100 * r['accuracy']:.2f}  ({r['seconds']} s)", flush=True)
+
+    print("\nvalidation accuracy minus random, paired by seed (95 % paired t interval)")
+    for m, arch in itertools.product(args.per_class, args.arch):
+        base = [done.get((float(m), "random", arch, s)) for s in args.seeds]
+        for name in args.variants:
+            vals = [done.get((float(m), name, arch, s)) for s in args.seeds]
+            if name == "random" or None in vals or None in base:
+                continue
+            d = paired_difference(vals, base)
+            print(f"{m:>5g}/class {arch:<10} {name:<16} {100 * np.mean(vals):6.2f}  diff {100 * d.mean:+6.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""dq-budget (issue 14): DQ's bins with shares that follow the budget. Hand-computed counts, the
+greedy ranks against the naive greedy, and the exact reduction to DQ."""
+
+import numpy as np
+import pytest
+
+import dsquant
+from dsquant import data as _data  # noqa: F401  (dsquant.data below)
+from dsquant.core.bins import generate_bins
+from dsquant.core.sampling import largest_remainder, sample_uniform, sample_with_counts, skewed_bin_counts
+from dsquant.methods import DQ, DQBudget, make_method
+from dsquant.methods.budget import RULE, budget_rule
+
+from reference import naive_bin_sizes, naive_graphcut_pool, naive_similarity
+
+
+def test_skewed_counts_hand_computed():
+    # K = 3, sizes 10 each, skew ln 2: factors 2, 1, 1/2 -> weights 20, 10, 5; 7 samples:
+    # quotas 4, 2, 1 exactly
+    assert skewed_bin_counts([10, 10, 10], 7, np.log(2)).tolist() == [4, 2, 1]
+    # negative skew mirrors it
+    assert skewed_bin_counts([10, 10, 10], 7, -np.log(2)).tolist() == [1, 2, 4]
+    # weights 8, 4, 3: quotas 4.8, 2.4, 1.8 round to 5, 2, 2, but bin 0 holds 4; the other 5
+    # go to bins 1 and 2 by weights 4 : 3 (quotas 2.86, 2.14) -> 3, 2
+    assert skewed_bin_counts([4, 4, 6], 9, np.log(2)).tolist() == [4, 3, 2]
+    # drop_last: the last bin gives nothing while the others can hold the total
+    assert skewed_bin_counts([10, 10, 10], 7, 0.0, drop_last=True).tolist() == [4, 3, 0]
+    assert skewed_bin_counts([3, 3, 10], 8, 0.0, drop_last=True).tolist() == largest_remainder(8, [3, 3, 10], caps=[3, 3, 10]).tolist()
+    with pytest.raises(ValueError, match="skew: expected a finite number"):
+        skewed_bin_counts([1, 2], 1, float("nan"))
+    with pytest.raises(ValueError, match="total: expected 0 <= total <= 3"):
+        skewed_bin_counts([1, 2], 4)
+
+
+def test_zero_skew_is_dq_counts(rng):
+    for _ in range(50):
+        sizes = rng.integers(1, 40, size=rng.integers(1, 12))
+        total = int(rng.integers(0, sizes.sum() + 1))
+        assert np.array_equal(skewed_bin_counts(sizes, total, 0.0), largest_remainder(total, sizes, caps=sizes))
+
+
+def test_ranks_are_the_naive_greedy_order(rng):
+    x = rng.normal(size=(90, 5))
+    labels = np.repeat([0, 1, 2], 30)
+    bins, rank = generate_bins(x, 4, labels, return_rank=True, dtype=np.float64)
+    assert all(np.array_equal(a, b) for a, b in zip(bins, generate_bins(x, 4, labels, dtype=np.float64)))
+    sim = naive_similarity(x)
+    sizes = naive_bin_sizes([30, 30, 30], 4)
+    for c in range(3):
+        remaining = list(np.flatnonzero(labels == c))
+        order = []
+        for k in range(3):
+            pool = np.array(remaining)
+            picks = pool[naive_graphcut_pool(sim[np.ix_(pool, pool)], sizes[c][k])]
+            order.extend(picks.tolist())
+            remaining = [i for i in remaining if i not in set(picks.tolist())]
+        assert rank[order].tolist() == list(range(len(order)))  # picked at steps 0, 1, 2, ...
+        assert (rank[remaining] == -1).all()  # the last bin is never ranked
+
+
+def test_greedy_order_takes_the_first_picks_and_draws_the_last_bin(rng):
+    bins = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7])]
+    labels = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    rank = np.array([3, 1, 0, 2, -1, -1, -1, -1])
+    picked = sample_with_counts(bins, [2, 2], labels, seed=0, rank=rank)
+    assert picked[:2].tolist() == [1, 2]  # the lowest rank of class 0 (sample 1) and of class 1 (sample 2)
+    assert len(set(picked[2:].tolist()) & {4, 5}) == 1 and len(set(picked[2:].tolist()) & {6, 7}) == 1
+    with pytest.raises(ValueError, match="rank: expected one rank per sample"):
+        sample_with_counts(bins, [2, 2], labels, seed=0, rank=rank[:5])
+
+
+def test_without_skew_it_is_dq_to_the_bit():
+    ds = dsquant.data.load_digits()
+    feats = ds.images.reshape(len(ds), -1).astype(np.float32)
+    path_ds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
+    for ratio in (0.01, 0.1, 0.5):
+        for seed in (0, 7):
+            a = dsquant.compress(path_ds, ratio=ratio, seed=seed, method=DQ(n_bins=10))
+            b = dsquant.compress(path_ds, ratio=ratio, seed=seed, method=DQBudget(n_bins=10, skew=0, drop_last=False, order="uniform"))
+            assert np.array_equal(a.indices, b.indices) and all(np.array_equal(x, y) for x, y in zip(a.bins, b.bins))
+
+
+def test_auto_rule_and_its_record():
+    small, large = budget_rule(1), budget_rule(1000)
+    assert small["skew"] == RULE["skew_at_1"] and small["order"] == "greedy" and small["drop_last"]
+    assert large["skew"] == max(RULE["skew_min"], RULE["skew_at_1"] - RULE["skew_slope"] * np.log(1000)) and large["order"] == "uniform"
+    ds = dsquant.data.load_digits()
+    feats = ds.images.reshape(len(ds), -1).astype(np.float32)
+    fds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
+    run = dsquant.compress(fds, ratio=20 / len(ds), method="dq-budget")  # 20 samples, 2 per class
+    rec = run.manifest["dq-budget"]
+    assert rec["per_class"] == 2.0 and rec["skew"] == budget_rule(2.0)["skew"] and rec["order"] == budget_rule(2.0)["order"]
+    # greedy order at 2 per class: the class's first greedy picks, whatever the seed
+    other = dsquant.compress(fds, ratio=20 / len(ds), method="dq-budget", seed=5)
+    if rec["order"] == "greedy":
+        assert np.array_equal(run.indices, other.indices)
+    _, rank = generate_bins(feats, 10, ds.labels, return_rank=True)
+    chosen = set(run.indices.tolist())
+    for k, b in enumerate(run.bins[:-1]):  # each (bin, class) cell gives its first greedy picks
+        for c in range(10):
+            cell = b[ds.labels[b] == c]
+            q = sum(i in chosen for i in cell.tolist())
+            assert set(cell[np.argsort(rank[cell])[:q]].tolist()) <= chosen
+    assert rec["counts"] == skewed_bin_counts([len(b) for b in run.bins], 20, rec["skew"], rec["drop_last"]).tolist()
+
+
+def test_parameters_checked_once():
+    for bad, match in [({"skew": "big"}, "skew: expected a finite number or 'auto'"), ({"skew": float("inf")}, "skew"), ({"drop_last": 1}, "drop_last: expected True, False or 'auto'"), ({"order": "random"}, "order: expected 'uniform', 'greedy' or 'auto'")]:
+        with pytest.raises(ValueError, match=match):
+            DQBudget(**bad)
+    m = make_method("dq-budget", n_bins=5, alpha=0.3)
+    assert m.config() == {"n_bins": 5, "precision": "float32", "block_size": None, "skew": "auto", "drop_last": "auto", "order": "auto"}

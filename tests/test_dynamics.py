@@ -132,8 +132,10 @@ def test_a_cache_hit_gives_the_same_indices_without_training(image_cache, digits
     def no_training(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(D, "fit", no_training)
-    monkeypatch.setattr(D, "_run_features", no_training)
+    from dsquant.methods import _dynamics_runs as R
+
+    monkeypatch.setattr(R, "fit", no_training)
+    monkeypatch.setattr(R, "run_features", no_training)
     for cls in DYNAMICS_METHODS:
         assert np.array_equal(cls(epochs=EPOCHS, n_runs=RUNS).select(context(digits, image_cache)).indices, first[cls.name])
     # fewer runs reuse the first ones; another sampling seed does not train either

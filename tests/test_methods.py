@@ -267,3 +267,14 @@ def test_an_unknown_encoder_is_refused_before_the_data_is_read(monkeypatch, tmp_
     with pytest.raises(ValueError, match="encoder: expected one of"):
         dsquant.compress("digits", encoder="clip", out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_import_dsquant_stays_light():
+    """`import dsquant` (the core and the methods registry) loads no torch and no scikit-learn:
+    the training code of the dynamics methods is imported on first use."""
+    import subprocess
+    import sys
+
+    code = "import sys, dsquant, dsquant.methods; dsquant.METHODS; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

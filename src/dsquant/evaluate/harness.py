@@ -84,9 +84,9 @@ PRESETS: dict[str, Preset] = {
     # "cpu" with the convnet trained about 7x longer (about 3 minutes per training at 10 % of
     # CIFAR-10 on 2 cores): checks whether a ranking of methods under "cpu" survives more training
     "cpu-long": replace(_CPU, name="cpu-long", archs=("convnet",), samples=100_000, max_epochs=200),
-    # low budgets (1-50 images per class): enough epochs that the training loss has flattened
+    # low budgets (1-50 images per class): 200 epochs, enough for the training loss to flatten
     # at every budget (benchmarks/lowbudget_curve.py, docs/evaluation.md)
-    "lowbudget": Preset("lowbudget", ("convnet", "mlp"), samples=30_000, min_epochs=60, max_epochs=300, lr=0.05, nesterov=True, schedule="onecycle", batch_size=32, small_batch_size=None),
+    "lowbudget": Preset("lowbudget", ("convnet", "mlp"), epochs=200, lr=0.05, nesterov=True, schedule="onecycle", batch_size=32, small_batch_size=None),
 }
 
 

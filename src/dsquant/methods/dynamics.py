@@ -30,14 +30,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from scipy import special
 
 from ..cache import Cache, hash_key
 from ..core import baselines as B
-from ..training import fit, predict, resolve_device, set_threads, train_loop
 from .base import Context, Selection, SelectionMethod, check_int, check_unit
 
 __all__ = [
@@ -57,9 +53,6 @@ __all__ = [
 _DYNAMICS_VERSION = 1
 DEFAULT_EPOCHS = 5
 DEFAULT_RUNS = 2
-# the linear classifier of feature / text datasets
-_LINEAR = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
-
 
 class DynamicsRecorder:
     """The ``on_step`` hook of the training loop that records, every epoch, whether each sample
@@ -77,7 +70,7 @@ class DynamicsRecorder:
     def on_step(self, epoch: int, idx: np.ndarray, logits) -> None:
         """Record the batch ``idx`` (B,) of ``epoch`` from its logits (B, C) (a tensor or array)."""
         pred = logits.argmax(1)
-        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        pred = pred.cpu().numpy() if hasattr(pred, "cpu") else np.asarray(pred)  # a tensor, or an array
         self.seen[epoch, idx] = pred == self.labels[idx]
 
     def correct(self) -> np.ndarray:
@@ -110,87 +103,6 @@ def _run_seed(proxy_seed: int, run: int) -> int:
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     return special.softmax(np.asarray(logits, dtype=np.float64), axis=-1)
-
-
-def _run_images(dataset, epochs: int, seed: int, device, progress: bool, desc: str) -> dict:
-    """Train the proxy ResNet once (``ProxyEncoder(epochs, seed=seed)``'s model and settings)."""
-    from ..embed import ProxyEncoder
-
-    enc = ProxyEncoder(epochs=epochs, seed=seed)
-    model = enc.build(dataset)
-    rec = DynamicsRecorder(dataset.labels, epochs)
-    dev = resolve_device(device)
-    fit(model, dataset.images, dataset.labels, enc.train_config(), dev, progress, desc=desc, on_step=rec.on_step)
-    logits, feats = predict(model, dataset.images, device=dev, progress=progress, desc="dynamics: predict", with_features=True)
-    sq = np.einsum("ij,ij->i", feats.astype(np.float64), feats.astype(np.float64))
-    return {"logits": logits.astype(np.float32), "sq_norms": sq, "seen": rec.seen}
-
-
-class _LinearHead(nn.Module):
-    """``logits = W standardise(x) + b``; the standardised x is GraNd's ``h``."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray, n_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        self.fc = nn.Linear(len(mean), n_classes)
-
-    def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.standardise(x))
-
-
-def _feature_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per dimension in float64, blockwise (X may be a memory map); std 1 where 0."""
-    n = X.shape[0]
-    s, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    step = max(1, (1 << 24) // X.shape[1])
-    for start in range(0, n, step):
-        b = np.asarray(X[start : start + step], dtype=np.float64)
-        s += b.sum(0)
-        s2 += (b * b).sum(0)
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
-    return mean, np.where(std > 1e-12, std, 1.0)
-
-
-def _run_features(X: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int, device, progress: bool, desc: str) -> dict:
-    """Train a linear softmax classifier on the standardised features once, through the one
-    training loop (cross-entropy step loss, SGD with Nesterov momentum, one-cycle schedule)."""
-    dev = resolve_device(device)
-    set_threads()
-    mean, std = _feature_stats(X)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _LinearHead(mean, std, n_classes).to(dev)
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    rec = DynamicsRecorder(labels, epochs)
-    n = len(labels)
-
-    def rows(idx) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(X[idx], dtype=np.float32)).to(dev)
-
-    def step_loss(idx: np.ndarray):
-        logits = model(rows(idx))
-        return F.cross_entropy(logits, y[torch.from_numpy(idx)].to(dev)), logits.detach()
-
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": _LINEAR["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=_LINEAR["lr"], momentum=_LINEAR["momentum"], nesterov=True)
-    train_loop(model, step_loss, opt, n, epochs, min(_LINEAR["batch_size"], n), _LINEAR["lr"], gen, "onecycle", 0.15,
-               small_data_steps=True, progress=progress, desc=desc, on_step=rec.on_step)
-    model.eval()
-    logits, sq = [], []
-    with torch.no_grad():
-        for start in range(0, n, 4096):
-            h = model.standardise(rows(np.arange(start, min(n, start + 4096))))
-            logits.append(model.fc(h).float().cpu().numpy())
-            sq.append((h.double() ** 2).sum(1).cpu().numpy())
-    return {"logits": np.concatenate(logits).astype(np.float32), "sq_norms": np.concatenate(sq), "seen": rec.seen}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +156,9 @@ def training_dynamics(ctx: Context, epochs: int = DEFAULT_EPOCHS, n_runs: int = 
         X = None
     else:
         X = ctx.embedding().features
-        base = {"model": "linear-softmax-v1", "epochs": epochs, **_LINEAR, "embedding": ctx.embedding_record.get("key")}
+        from ._dynamics_runs import LINEAR
+
+        base = {"model": "linear-softmax-v1", "epochs": epochs, **LINEAR, "embedding": ctx.embedding_record.get("key")}
     base.update({"v": _DYNAMICS_VERSION, "data": dataset.fingerprint()})
     expect = {"logits": ("f", (n, n_classes)), "sq_norms": ("f", (n,)), "seen": ("i", (epochs, n)), "info": ("U", 0)}
     cache = ctx.cache
@@ -258,10 +172,12 @@ def training_dynamics(ctx: Context, epochs: int = DEFAULT_EPOCHS, n_runs: int = 
         else:
             t0 = time.perf_counter()
             desc = f"{name}: run {r + 1}/{n_runs}"
+            from . import _dynamics_runs as runs_
+
             if images:
-                hit = _run_images(dataset, epochs, seed, ctx.device, ctx.progress, desc)
+                hit = runs_.run_images(dataset, epochs, seed, ctx.device, ctx.progress, desc)
             else:
-                hit = _run_features(X, labels, n_classes, epochs, seed, ctx.device, ctx.progress, desc)
+                hit = runs_.run_features(X, labels, n_classes, epochs, seed, ctx.device, ctx.progress, desc)
             acc = float((hit["logits"].argmax(1) == labels).mean())
             info = {"seed": seed, "train_accuracy": round(acc, 4), "seconds": round(time.perf_counter() - t0, 2)}
             if cache is not None:

@@ -8,12 +8,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .cache import Cache, hash_key
+from .cache import Cache
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQ, Context, SelectionMethod, make_method
@@ -131,6 +130,60 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
             raise DataError(f"{path}: no such file or directory ({what})")
         paths.append(path)
     return paths
+
+
+def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, ratio, seed, enc_config, block_size, precision, split, image_size, group_by, command) -> dict:
+    """The run's manifest (without the times and files, added when it is written)."""
+    n, ds_labels = len(dataset), dataset.labels
+    indices, bins = selection.indices, selection.bins
+    n_classes = len(dataset.classes)
+    method_config = selector.config()
+    manifest = {
+        "dsquant_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": selector.name,
+        "parameters": {
+            "ratio": ratio,
+            "n_bins": method_config.get("n_bins"),
+            "seed": seed,
+            "encoder": enc_config or None,
+            "gain": "graphcut",
+            "lambda": 1.0,
+            "similarity": "0.5 + 0.5 cos",
+            "block_size": method_config.get("block_size", block_size),
+            "precision": method_config.get("precision", precision),
+            "split": split,
+            "image_size": image_size,
+            "alpha": method_config.get("alpha"),
+            "diversity_encoder": method_config.get("diversity_encoder"),
+            "method": method_config,
+        },
+        "dataset": {
+            "source": str(dataset.source),
+            "format": detect_format(data) if isinstance(data, (str, os.PathLike)) else "object",
+            "kind": dataset.kind,
+            "split": getattr(dataset, "split", None),
+            "n_samples": n,
+            "classes": dataset.classes,
+            "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
+            "shape": _shape(dataset),
+            "schema": getattr(dataset, "schema", None),
+            "group_by": group_by,
+            "fingerprint": dataset.fingerprint(),
+        },
+        "embedding": emb_record or None,
+        **({selector.name: selection.record} if selection.record is not None else {}),
+        "pixels": pixels_record,
+        "selection": {
+            "n_selected": int(len(indices)),
+            "target": budget(ratio, n),
+            "per_class": None if ds_labels is None else np.bincount(ds_labels[indices], minlength=n_classes).tolist(),
+            "bins": _counts_table(bins, indices, ds_labels, n_classes) if bins else [],
+        },
+        "versions": _versions(),
+        "command": command,
+    }
+    return manifest
 
 
 def compress(
@@ -271,7 +324,6 @@ def compress(
         dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by)
         timings["read"] = time.perf_counter() - t
         n = len(dataset)
-        ds_labels = dataset.labels
         if n == 0:
             raise DataError(f"{dataset.source}: the dataset is empty")
         if budget(ratio, n) == 0:
@@ -315,53 +367,7 @@ def compress(
             pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {})
             timings["pixels"] = time.perf_counter() - t
 
-        n_classes = len(dataset.classes)
-        method_config = selector.config()
-        manifest = {
-            "dsquant_version": __version__,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "method": selector.name,
-            "parameters": {
-                "ratio": ratio,
-                "n_bins": method_config.get("n_bins"),
-                "seed": seed,
-                "encoder": enc_config or None,
-                "gain": "graphcut",
-                "lambda": 1.0,
-                "similarity": "0.5 + 0.5 cos",
-                "block_size": method_config.get("block_size", block_size),
-                "precision": method_config.get("precision", precision),
-                "split": split,
-                "image_size": image_size,
-                "alpha": method_config.get("alpha"),
-                "diversity_encoder": method_config.get("diversity_encoder"),
-                "method": method_config,
-            },
-            "dataset": {
-                "source": str(dataset.source),
-                "format": detect_format(data) if isinstance(data, (str, os.PathLike)) else "object",
-                "kind": dataset.kind,
-                "split": getattr(dataset, "split", None),
-                "n_samples": n,
-                "classes": dataset.classes,
-                "class_counts": None if ds_labels is None else np.bincount(ds_labels, minlength=n_classes).tolist(),
-                "shape": _shape(dataset),
-                "schema": getattr(dataset, "schema", None),
-                "group_by": group_by,
-                "fingerprint": dataset.fingerprint(),
-            },
-            "embedding": emb_record or None,
-            **({selector.name: selection.record} if selection.record is not None else {}),
-            "pixels": pixels_record,
-            "selection": {
-                "n_selected": int(len(indices)),
-                "target": budget(ratio, n),
-                "per_class": None if ds_labels is None else np.bincount(ds_labels[indices], minlength=n_classes).tolist(),
-                "bins": _counts_table(bins, indices, ds_labels, n_classes) if bins else [],
-            },
-            "versions": _versions(),
-            "command": command,
-        }
+        manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command)
         out_path = None
         if writer is not None:
             t = time.perf_counter()

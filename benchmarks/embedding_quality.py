@@ -11,6 +11,10 @@ split: k, C and the iterations are fixed in advance.
 
     python benchmarks/embedding_quality.py ../shared/data/cifar10/cifar10-jpeg.tar
     python benchmarks/embedding_quality.py ../shared/data/fashion-mnist --encoders pixels proxy
+    python benchmarks/embedding_quality.py ../shared/data/fashion-mnist --encoders kmeans kmeans:400
+
+``kmeans[:K]``: single-layer k-means features (Coates et al. 2011, dsquant.embed.kmeans; K
+centroids, 4 K features), the dictionary learned on the training split without labels.
 """
 
 from __future__ import annotations
@@ -61,7 +65,17 @@ def embeddings(name: str, train, test, cache):
         model = fitted_proxy(enc, train, cache)
         _, test_feats = predict(model, test.images, with_features=True)
         return emb.features, test_feats.astype(np.float32), time.perf_counter() - t
-    raise SystemExit(f"unknown encoder {name!r}: pixels, proxy or proxy:EPOCHS")
+    if name == "kmeans" or name.startswith("kmeans:"):
+        # Coates et al. (2011) k-means features: the dictionary is learned on the training split
+        # only (through the cache, like the proxy), then the test split is transformed with it
+        from dsquant.embed.kmeans import KMeansFeatureEncoder
+
+        enc = KMeansFeatureEncoder(n_clusters=int(name.split(":")[1])) if ":" in name else KMeansFeatureEncoder()
+        emb, _ = embed(enc, train, cache=cache, progress=True)
+        if not enc.fitted:  # the training embedding came from the cache: learn the same dictionary again
+            enc.fit(train.images)
+        return emb.features, enc.transform(test.images, progress=True), time.perf_counter() - t
+    raise SystemExit(f"unknown encoder {name!r}: pixels, proxy, proxy:EPOCHS, kmeans or kmeans:K")
 
 
 def main() -> None:

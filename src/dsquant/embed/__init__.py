@@ -11,6 +11,7 @@ from ..cache import Cache, hash_key
 from .base import Embedding, Encoder
 from .proxy import ProxyEncoder, softmax_delta
 from .simple import IdentityEncoder, PixelEncoder, PrecomputedEncoder
+from .kmeans import KMeansFeatureEncoder
 from .text import SentenceEncoder
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Embedding",
     "Encoder",
     "IdentityEncoder",
+    "KMeansFeatureEncoder",
     "PixelEncoder",
     "PrecomputedEncoder",
     "ProxyEncoder",
@@ -35,7 +37,7 @@ __all__ = [
 _EMBED_VERSION = 1
 
 
-ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder)}
+ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, KMeansFeatureEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder)}
 """Every encoder by name. A class here has ``name``, ``kinds`` (the data kinds it embeds:
 ``"images"``, ``"text"``, ``"features"``), ``summary`` (one line for ``--help``), ``argument``
 (what follows ``NAME:`` in a spec, e.g. ``PATH``, or None), ``cached`` (whether :func:`embed`

@@ -81,9 +81,14 @@ def test_without_skew_it_is_dq_to_the_bit():
 
 
 def test_auto_rule_and_its_record():
-    small, large = budget_rule(1), budget_rule(1000)
-    assert small["skew"] == RULE["skew_at_1"] and small["order"] == "greedy" and small["drop_last"]
-    assert large["skew"] == max(RULE["skew_min"], RULE["skew_at_1"] - RULE["skew_slope"] * np.log(1000)) and large["order"] == "uniform"
+    # the frozen rule, by hand: full skew to 10 per class, 0 from 50, log-linear between
+    assert budget_rule(1) == {"skew": 2.0, "drop_last": True, "order": "greedy"}
+    assert budget_rule(10) == {"skew": 2.0, "drop_last": True, "order": "uniform"}
+    assert budget_rule(20)["skew"] == pytest.approx(2.0 * np.log(50 / 20) / np.log(5))
+    assert budget_rule(50)["skew"] == 0.0 and budget_rule(500) == {"skew": 0.0, "drop_last": False, "order": "uniform"}
+    assert budget_rule(3)["order"] == "greedy" and budget_rule(4)["order"] == "uniform" and RULE["greedy_below"] == 3.2
+    with pytest.raises(ValueError, match="per_class: expected a positive number"):
+        budget_rule(0)
     ds = dsquant.data.load_digits()
     feats = ds.images.reshape(len(ds), -1).astype(np.float32)
     fds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")

@@ -27,25 +27,30 @@ __all__ = ["DQBudget", "budget_rule"]
 
 ORDERS = ("uniform", "greedy")
 
-# the frozen "auto" rule, fitted on a validation split carved from Fashion-MNIST's training set
+# the frozen "auto" rule, chosen on a validation split carved from Fashion-MNIST's training set
 # (benchmarks/tune_budget_rule.py, docs/selection.md); nothing of it saw a test split
-RULE = {"skew_at_1": 3.0, "skew_slope": 1.0, "skew_min": -1.0, "drop_last_below": 50.0, "greedy_below": 20.0}
+RULE = {"skew_max": 2.0, "skew_full_below": 10.0, "skew_zero_at": 50.0, "drop_last_below": 100.0, "greedy_below": 3.2}
 
 
 def budget_rule(per_class: float) -> dict:
-    """The ``"auto"`` settings for an average of ``per_class`` selected samples per class:
-    ``skew = clip(skew_at_1 - skew_slope * log(per_class), skew_min, skew_at_1)`` (natural log),
-    ``drop_last = per_class < drop_last_below``, ``order = "greedy"`` when ``per_class <
-    greedy_below`` (constants in :data:`RULE`).
+    """The ``"auto"`` settings for an average of ``per_class`` selected samples per class
+    (constants in :data:`RULE`):
+
+    * ``skew = skew_max * clip(log(skew_zero_at / m) / log(skew_zero_at / skew_full_below), 0, 1)``:
+      the full skew (2) up to 10 per class, falling on a log scale to 0 (DQ's shares) at 50;
+    * ``drop_last = m < drop_last_below`` (100): the greedy's remainder left out;
+    * ``order = "greedy"`` when ``m < greedy_below`` (3.2, halfway on a log scale between the
+      budgets where greedy order helped, 1, and where it did not, 10).
 
     Raises:
         ValueError: if ``per_class`` is not a positive number.
     """
     if not per_class > 0:
         raise ValueError(f"per_class: expected a positive number of samples, got {per_class!r}")
-    skew = RULE["skew_at_1"] - RULE["skew_slope"] * math.log(per_class)
+    full, zero = RULE["skew_full_below"], RULE["skew_zero_at"]
+    fraction = min(1.0, max(0.0, math.log(zero / per_class) / math.log(zero / full)))
     return {
-        "skew": float(min(RULE["skew_at_1"], max(RULE["skew_min"], skew))),
+        "skew": RULE["skew_max"] * fraction,
         "drop_last": bool(per_class < RULE["drop_last_below"]),
         "order": "greedy" if per_class < RULE["greedy_below"] else "uniform",
     }

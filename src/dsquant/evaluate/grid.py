@@ -9,9 +9,10 @@ fingerprint. The results are written as CSV (every training, and a summary), a M
 Student's t interval) and a PNG plot of accuracy against keep ratio (means with their 95 % t
 intervals), one panel per architecture.
 
-Methods: ``full`` (the whole training set), ``random`` (class-balanced random sampling, seeded
-like the others), ``dq`` and ``adq``. The proxy and the bins are computed once per dataset
-(proxy seed 0, cached); the seed varies the sampling and the training.
+Methods: ``full`` (the whole training set) and every registered selection method
+(:data:`dsquant.methods.METHODS`; ``random`` is class-balanced random sampling, seeded like the
+others). Budgets are keep ratios, or samples per class (``per_class``). The proxy is computed
+once per dataset (proxy seed 0, cached); the seed varies the sampling and the training.
 """
 
 from __future__ import annotations
@@ -410,7 +411,7 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
                 n = next(iter(ns))
                 md.append(f"{n} seed{'s' if n != 1 else ''} per cell.")
                 md.append("")
-            md.append("| method | " + " | ".join(f"{100 * r:g} %" for r in ratios) + " |")
+            md.append("| method | " + " | ".join(f"{100 * r:.3g} %" for r in ratios) + " |")
             md.append("|---|" + "---|" * len(ratios))
             for m in methods:
                 cells = []

@@ -21,7 +21,7 @@ def run(capsys, *args):
 
 def test_compress_digits_end_to_end(tmp_path, capsys):
     out = tmp_path / "digits"
-    code, stdout, _ = run(capsys, "compress", "digits", "--ratio", "0.1", "--bins", "10", "--epochs", "1", "--out", out, "--quiet")
+    code, stdout, _ = run(capsys, "compress", "digits", "--method", "dq", "--ratio", "0.1", "--bins", "10", "--epochs", "1", "--out", out, "--quiet")
     assert code == 0
     assert "selected 144 of 1437 samples" in stdout and str(out) in stdout
     res = read_output(out)
@@ -38,9 +38,14 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     assert {"read", "embed", "bins", "sample", "write", "total"} <= set(m["timings_seconds"])
     assert m["versions"]["numpy"] == np.__version__ and "torch" in m["versions"]
     # the same seed again (cached embedding) gives the same indices
-    code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
+    code, stdout, _ = run(capsys, "compress", "digits", "--method", "dq", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
     assert code == 0 and "[cached]" in stdout
     assert np.array_equal(read_output(out).indices, res.indices)
+    # without --method: dq-budget, the measured default, on the same bins
+    code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
+    budget = read_output(out)
+    assert code == 0 and budget.manifest["method"] == "dq-budget" and "dq-budget" in stdout
+    assert all(np.array_equal(a, b) for a, b in zip(budget.bins, res.bins)) and len(budget.indices) == 144
     code, stdout, _ = run(capsys, "info", out)
     assert code == 0 and "bin" in stdout and "selected per class" in stdout
 

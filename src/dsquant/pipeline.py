@@ -15,7 +15,7 @@ from . import __version__
 from .cache import Cache
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
-from .methods import DQ, Context, SelectionMethod, make_method
+from .methods import DQBudget, Context, SelectionMethod, make_method
 from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, read_dataset
 
 __all__ = ["CompressResult", "Run", "compress", "read_dataset"]
@@ -190,7 +190,7 @@ def compress(
     data,
     ratio: float = 0.1,
     n_bins: int = 10,
-    method: str | SelectionMethod = DQ.name,
+    method: str | SelectionMethod = DQBudget.name,
     encoder: str | None = None,
     seed: int = 0,
     epochs: int = 5,
@@ -235,7 +235,9 @@ def compress(
             ``ADQ(...)``, ``Random()`` or a registered one), or its registry name (``"dq"``,
             ``"adq"``, ``"random"``, ...), built with the shorthand options below (``n_bins``,
             ``alpha``, ``diversity_encoder``, ``representativeness``, ``simclr_options``,
-            ``precision``, ``block_size``) that its constructor takes.
+            ``precision``, ``block_size``) that its constructor takes. Default ``"dq-budget"``
+            (:class:`~dsquant.methods.DQBudget`: measured best, docs/selection.md; DQ itself at
+            100 samples per class and more).
         encoder: an encoder object (:class:`dsquant.embed.Encoder`, e.g.
             ``ProxyEncoder(epochs=5)``; a fitted one is used as it is, not trained again), or a
             name of :data:`dsquant.embed.ENCODERS`: for images ``"proxy"`` (default: a small

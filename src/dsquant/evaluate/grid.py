@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..methods import ADQ, DQ, Random
+from ..methods import ADQ, DQ, DQBudget, Random
 from .archs import get_architecture
 from .harness import PRESETS, Preset, summarise, train_and_test
 
@@ -36,7 +36,7 @@ __all__ = ["CONFIDENCE", "DEFAULT_METHODS", "FULL", "Grid", "run_grid", "summari
 
 FULL = "full"
 """The grid's reference row: the whole training set (not a selection method)."""
-DEFAULT_METHODS = (Random.name, DQ.name, ADQ.name)
+DEFAULT_METHODS = (Random.name, DQ.name, ADQ.name, DQBudget.name)
 
 
 def _methods_in_order(present) -> list[str]:

@@ -134,12 +134,13 @@ def _add_compress(sub) -> None:
     )
     p.add_argument("data", nargs="?", default="digits", help="dataset: 'digits' (default), an image folder, a tar, a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records")
     p.add_argument("--out", help="output directory (default runs/<data>-<method>-<ratio>)")
-    for flags, options in _compress_flags():
+    table = _compress_flags()
+    for flags, options in table:
         if options.get("action") is None and "choices" not in options:  # --bins BINS, not N_BINS
             options.setdefault("metavar", flags[0].lstrip("-").replace("-", "_").upper())
         p.add_argument(*flags, **options)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(compress_keywords=[options["dest"] for _, options in _compress_flags()])
+    p.set_defaults(compress_keywords=[options["dest"] for _, options in table])
 
 
 def _add_info(sub) -> None:

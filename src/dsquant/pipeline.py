@@ -16,7 +16,7 @@ from .cache import Cache
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQBudget, Context, SelectionMethod, make_method
-from .data import DataError, FeatureDataset, ImageDataset, TextDataset, detect_format, read_dataset
+from .data import DataError, TextDataset, detect_format, read_dataset
 
 __all__ = ["CompressResult", "Run", "compress", "read_dataset"]
 

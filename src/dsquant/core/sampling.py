@@ -313,7 +313,7 @@ def skewed_bin_counts(sizes: Sequence[int], total: int, skew: float = 0.0, drop_
     if not 0 <= int(total) <= int(sizes.sum()):
         raise ValueError(f"total: expected 0 <= total <= {int(sizes.sum())} (the bins' samples), got {total}")
     position = np.linspace(1.0, -1.0, k) if k > 1 else np.zeros(1)
-    weights = sizes * np.exp(skew * position) if skew != 0.0 else sizes.astype(np.float64)
+    weights = sizes * np.exp(skew * position)  # exp(0) = 1 exactly: skew 0 gives the sizes
     caps = sizes.copy()
     if drop_last and k > 1 and int(sizes[:-1].sum()) >= int(total):
         caps[-1] = 0

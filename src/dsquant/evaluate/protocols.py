@@ -51,7 +51,7 @@ def validation_split(dataset, fraction: float = 1 / 6, seed: int = 0):
             fields["images"] = dataset.images[keep]
         else:
             fields["features"] = np.asarray(dataset.features[keep])
-        return replace(dataset, **fields, _fingerprint=None) if hasattr(dataset, "_fingerprint") else replace(dataset, **fields)
+        return replace(dataset, **fields, _fingerprint=None)  # a new dataset: its own fingerprint
 
     return part(~mask, "train-pool"), part(mask, "train-val")
 

@@ -16,6 +16,7 @@ __all__ = ["LINEAR", "run_features", "run_images"]
 # the linear classifier of feature / text datasets
 LINEAR = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
+
 def run_images(dataset, epochs: int, seed: int, device, progress: bool, desc: str) -> dict:
     """Train the proxy ResNet once (``ProxyEncoder(epochs, seed=seed)``'s model and settings)."""
     from ..embed import ProxyEncoder

@@ -1,18 +1,20 @@
 """Does selection help text? Two experiments (issue: instruction data).
 
-    python benchmarks/eval_text.py banking77 [--per-class 1 2 5 10] [--ratios 0.05 0.1 0.2] [--seeds 0 .. 9]
+    python benchmarks/eval_text.py banking77 [--per-class 1 2 5 10] [--ratios 0.05 0.1 0.2] [--seeds 0 .. 9] [--out DIR]
     python benchmarks/eval_text.py coverage [--data PATH] [--ratio 0.2]
 
 banking77: a logistic regression on all-MiniLM-L6-v2 embeddings, trained on the subset chosen by
 random (intent-balanced) and each selection method (bins per intent), tested on
 banking77_test.jsonl; every method's difference from random is paired by seed, with its 95 %
-interval (Student's paired t).
+interval (Student's paired t). With --out, DIR gets the benchmark's reports (results.csv,
+summary.csv, results.md, accuracy.png; see ``dsquant benchmark``).
 coverage: on an instruction set, the share of every ``source`` kept and the mean / 95th
 percentile cosine distance from every record to its nearest selected record.
 Embeddings are cached (~/.cache/dsquant), so a rerun is fast. Prints Markdown tables.
 """
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,16 @@ def banking77(args) -> None:
     ytr, yte = train.labels, align_labels(train, test)
     full = logreg_accuracy(xtr.features, ytr, xte.features, yte)
     budgets = [(f"{m:g}/intent", per_class_ratio(m, train)) for m in args.per_class] + [(f"{100 * r:g} %", r) for r in args.ratios]
-    rows = {}
+    rows, records = {}, []
     for method in args.methods:
         for label, ratio in budgets:
             accs = []
             for seed in args.seeds:
                 res = compress(train, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0, cache_dir=cache.root)
+                t0 = time.perf_counter()
                 accs.append(logreg_accuracy(xtr.features[res.indices], ytr[res.indices], xte.features, yte, seed=seed))
+                records.append({"dataset": "banking77", "method": method, "ratio": ratio, "arch": "logreg-minilm", "seed": seed, "preset": "text",
+                                "accuracy": accs[-1], "n_train": len(res.indices), "seconds": round(time.perf_counter() - t0, 2)})
             rows[(method, label)] = accs
             print(f"{method} {label}: {np.mean(accs):.4f} +- {np.std(accs, ddof=1):.4f}", flush=True)
     print(f"\nBanking77: logistic regression (C=10) on all-MiniLM-L6-v2 embeddings; train {len(train):,}, test {len(test):,}; "
@@ -67,6 +72,12 @@ def banking77(args) -> None:
             cells.append(cell)
         print(f"| {method} | " + " | ".join(cells) + " |")
     print(f"| full (100 %) | {100 * full:.2f} |" + " |" * (len(labels) - 1))
+    if args.out:
+        from dsquant.evaluate.grid import write_row_reports
+
+        records.append({"dataset": "banking77", "method": "full", "ratio": 1.0, "arch": "logreg-minilm", "seed": 0, "preset": "text", "accuracy": full, "n_train": len(train)})
+        paths = write_row_reports(records, args.out, title="Banking77: logistic regression on all-MiniLM-L6-v2 embeddings")
+        print("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def cover(args) -> None:
@@ -96,8 +107,9 @@ def main() -> None:
     b.add_argument("--per-class", nargs="+", type=float, default=[1, 2, 5, 10], help="budgets in examples per intent")
     b.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.1, 0.2], help="budgets as keep ratios")
     b.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
-    b.add_argument("--methods", nargs="+", default=["random", "dq", "dq-budget", "adq", "kcenter", "herding", "facility-location", "moderate-ds", "prototypes"])
+    b.add_argument("--methods", nargs="+", help="selection methods (default: every registered one, random first)")
     b.add_argument("--bins", type=int, default=10)
+    b.add_argument("--out", help="directory for the reports (results.csv, summary.csv, results.md, accuracy.png)")
     c = sub.add_parser("coverage")
     c.add_argument("--data", default=str(TEXT / "instructions.jsonl.gz"))
     c.add_argument("--ratio", type=float, default=0.2)
@@ -105,6 +117,11 @@ def main() -> None:
     c.add_argument("--methods", nargs="+", default=["random", "dq", "adq"])
     c.add_argument("--bins", type=int, default=5)
     args = p.parse_args()
+    if args.what == "banking77" and not args.methods:
+        from dsquant.evaluate.grid import _methods_in_order
+        from dsquant.methods import METHODS
+
+        args.methods = _methods_in_order(METHODS)
     banking77(args) if args.what == "banking77" else cover(args)
 
 

@@ -4,6 +4,11 @@ images per class (issue 13, item 2: "show the curve once"), and the accuracy on 
 split carved from the training set (never the test split).
 
     python benchmarks/lowbudget_curve.py ../shared/data/fashion-mnist --out docs/results/lowbudget_loss.png
+
+The same for the ``pruning`` preset at keep ratios (fractions of the training pool), with
+several training lengths to see where the validation accuracy stops rising:
+
+    python benchmarks/lowbudget_curve.py ../shared/data/fashion-mnist --preset pruning --ratios 0.3 0.9 --epochs 5 10 20 --out docs/results/pruning_loss.png
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import numpy as np
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
-    p.add_argument("--per-class", nargs="+", type=int, default=[1, 10, 50])
+    p.add_argument("--per-class", nargs="+", type=int, help="budgets in images per class (default 1 10 50 without --ratios)")
+    p.add_argument("--ratios", nargs="+", type=float, default=[], help="budgets as keep ratios of the training pool")
+    p.add_argument("--epochs", nargs="+", type=int, help="training lengths to compare (default: the preset's)")
     p.add_argument("--preset", default="lowbudget")
     p.add_argument("--arch", nargs="+")
     p.add_argument("--seed", type=int, default=0)
@@ -40,11 +47,14 @@ def main() -> None:
     preset = PRESETS[args.preset]
     archs = args.arch or list(preset.archs)
     curves = {}
-    for m in args.per_class:
+    per_class = args.per_class if args.per_class is not None else ([] if args.ratios else [1, 10, 50])
+    budgets = [(f"{m}/class", lambda c, m=m: m) for m in per_class]
+    budgets += [(f"{100 * r:g} %", lambda c, r=r: int(round(r * np.sum(pool.labels == c)))) for r in args.ratios]
+    for label, size in budgets:
         rng = np.random.default_rng(args.seed)
-        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), m, replace=False) for c in range(len(pool.classes))]))
+        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), size(c), replace=False) for c in range(len(pool.classes))]))
         x, y = pool.images[idx], pool.labels[idx]
-        for arch in archs:
+        for arch, epochs in [(a, e) for a in archs for e in (args.epochs or [None])]:
             spec = get_architecture(arch)
             if spec.build is None:
                 continue
@@ -54,13 +64,13 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 model = spec.build(c, len(pool.classes), min(h, w), mean, std)
             n = len(idx)
-            cfg = TrainConfig(epochs=preset.epochs_for(n), batch_size=preset.batch_for(n / len(pool), n), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay, nesterov=preset.nesterov, schedule=preset.schedule, seed=args.seed)
+            cfg = TrainConfig(epochs=epochs or preset.epochs_for(n), batch_size=preset.batch_for(n / len(pool), n), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay, nesterov=preset.nesterov, schedule=preset.schedule, seed=args.seed)
             losses: list[float] = []
             t = time.perf_counter()
             fit(model, x, y, cfg, on_epoch=lambda e, loss: losses.append(loss))
             logits, _ = predict(model, val.images)
             acc = float((logits.argmax(1) == val.labels).mean())
-            key = f"{arch} {m}/class"
+            key = f"{arch} {label}" + (f" {epochs} ep" if args.epochs else "")
             curves[key] = {"loss": losses, "val_accuracy": acc, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seconds": round(time.perf_counter() - t, 1)}
             tail = np.mean(losses[-max(1, len(losses) // 10):])
             mid = np.mean(losses[len(losses) // 2 - max(1, len(losses) // 20): len(losses) // 2 + 1])

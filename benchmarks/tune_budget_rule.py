@@ -58,6 +58,19 @@ def main() -> None:
     from dsquant.evaluate.protocols import per_class_ratio, validation_split
     from dsquant.evaluate.stats import paired_difference
 
+    # the results file is checked (or created) before any work: a CSV of something else is refused,
+    # never appended to
+    header = "per_class,variant,arch,seed,accuracy,n_train"
+    done = {}
+    try:
+        with open(args.out, "x") as f:
+            f.write(header + "\n")
+    except FileExistsError:
+        with open(args.out) as f:
+            if f.readline().strip() != header:
+                raise SystemExit(f"--out: {args.out} exists and is not a results file of this script (expected the header {header!r}); give a new path")
+            for r in csv.DictReader(f, fieldnames=header.split(",")):
+                done[(float(r["per_class"]), r["variant"], r["arch"], int(r["seed"]))] = float(r["accuracy"])
     cache = Cache()
     train = read_dataset(args.data, cache=cache)
     pool, val = validation_split(train, seed=0)
@@ -68,14 +81,6 @@ def main() -> None:
     bins, rank = generate_bins(emb.for_binning(), args.bins, pool.labels, return_rank=True)
     print(f"bins: {time.perf_counter() - t:.0f} s", flush=True)
 
-    done = {}
-    try:
-        with open(args.out) as f:
-            for r in csv.DictReader(f):
-                done[(float(r["per_class"]), r["variant"], r["arch"], int(r["seed"]))] = float(r["accuracy"])
-    except FileNotFoundError:
-        with open(args.out, "w") as f:
-            f.write("per_class,variant,arch,seed,accuracy,n_train\n")
     for m, arch, seed, name in itertools.product(args.per_class, args.arch, args.seeds, args.variants):
         key = (float(m), name, arch, seed)
         if key in done:

@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from dsquant.cli import main
 from dsquant.evaluate import summarise, write_reports
+from dsquant.evaluate.grid import write_row_reports
 from dsquant.evaluate.grid import SUMMARY_COLUMNS, _connect, summarise_grid
 from dsquant.evaluate.stats import mean_interval, paired_difference, t_quantile
 
@@ -137,6 +138,20 @@ def test_reports_give_the_paired_difference_from_random(tmp_path):
     assert float(rows[0]["ci95_high"]) == pytest.approx(0.52 + 0.02 * T_975_2 / math.sqrt(3))
     assert len(list(csv.DictReader(open(paths["csv"])))) == 15  # results.csv: one row per training, as before
     assert paths["png"].stat().st_size > 10_000
+
+
+def test_row_reports_match_the_database_reports(tmp_path):
+    # the text benchmark's rows carry no epochs or batch size: the same tables, empty CSV cells
+    rows = [
+        {"dataset": "digits", "method": m, "ratio": r, "arch": "mlp", "seed": s, "preset": "tiny", "accuracy": a}
+        for m, table in (("random", RANDOM), ("dq", DQ))
+        for r, accs in table.items()
+        for s, a in enumerate(accs)
+    ]
+    md = write_row_reports(rows, tmp_path / "out")["md"].read_text()
+    assert "| dq | 54.00 ± 3.00 (+2.00 [-0.48, +4.48]) | 65.00 ± 2.00 (+4.00 [+1.52, +6.48]*) |" in md
+    csv_rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert len(csv_rows) == 12 and csv_rows[0]["epochs"] == "" and csv_rows[0]["method"] == "dq"
 
 
 def test_reports_are_deterministic(tmp_path):

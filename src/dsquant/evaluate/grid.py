@@ -369,14 +369,27 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
         The paths written, by kind (``csv``, ``summary``, ``md``, ``png``).
     """
     db = Path(db)
-    out = Path(out) if out is not None else db.parent
+    return write_row_reports(_rows(db, preset, options), Path(out) if out is not None else db.parent, title)
+
+
+def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "") -> dict[str, Path]:
+    """:func:`write_reports` from result rows instead of a database: for evaluations outside
+    :func:`run_grid` (e.g. the text benchmark, ``benchmarks/eval_text.py``).
+
+    Args:
+        rows: dicts with ``dataset``, ``method``, ``ratio``, ``arch``, ``seed``, ``preset`` and
+            ``accuracy`` (in [0, 1]); ``n_train``, ``epochs``, ``batch_size``, ``seconds``,
+            ``options`` and ``fingerprint`` are written to ``results.csv`` when present.
+        out: the directory of the reports (created).
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(_rows(db, preset, options), key=_row_order)
+    rows = sorted(rows, key=_row_order)
     paths = {}
     csv_path = out / "results.csv"
     cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options", "fingerprint"]
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", restval="")
         w.writeheader()
         for r in sorted(rows, key=lambda r: (r["dataset"], r["arch"], r["method"], r["ratio"], r["seed"])):
             w.writerow(r)

@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 import torch
@@ -200,3 +201,26 @@ def test_one_training_loop_with_hooks():
         assert len(np.unique(both)) == 256 and all(np.all(np.diff(i) > 0) for _, i, _ in seen)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
+
+
+def test_threads_follow_the_cpu_affinity_and_omp_num_threads(monkeypatch):
+    from dsquant.training import available_cores, set_threads
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert available_cores() == 3  # the cores this process may use, not os.cpu_count()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert available_cores() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert available_cores() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert available_cores() == 3
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -78,8 +78,8 @@ def test_patch_store_round_trip_and_checksum(tmp_path, rng):
     back = PatchStore.load(tmp_path / "p.dsqp")
     assert np.array_equal(back.patches, store.patches) and np.array_equal(back.masks, masks)
     assert back.indices.tolist() == [9, 3, 7, 1, 4] and back.meta == {"x": 1}
-    # 12 of 16 patches kept: 3/4 of the raw pixels, plus the masks (2 bytes an image), the
-    # indices and labels (16 bytes) and a JSON header
+    # 12 of 16 patches kept: 3/4 of the raw pixels; random pixels do not compress, so the file
+    # (format version 2, lossless WebP) is about those, the masks, indices, labels and a header
     assert store.patches.nbytes == 5 * 12 * 2 * 2 * 3 == 0.75 * images.nbytes
     assert n - store.patches.nbytes - 5 * (2 + 16) < 1500
     data = bytearray((tmp_path / "p.dsqp").read_bytes())
@@ -161,11 +161,23 @@ def test_compress_with_drop_ratio_export_in_index_order(tmp_path, capsys):
     m = read_output(out).manifest
     px = m["pixels"]
     assert px["grid"] == [4, 4] and px["kept_per_image"] == 12 and px["effective_keep_ratio"] == pytest.approx(m["selection"]["n_selected"] / 1437 * 0.75)
-    # the file: 12/16 of the pixels, 2 bytes of mask and 16 of index and label per image, a header
-    n_sel = m["selection"]["n_selected"]
-    assert 0 < px["bytes"]["patches.dsqp"] - 0.75 * px["bytes"]["raw_uint8"] - n_sel * 18 < 4096
+    # the file: 12/16 of the pixels, lossless WebP, under those raw; digits has no source files
+    b = px["bytes"]
+    assert (out / "patches.dsqp").stat().st_size == b["patches.dsqp"] < 0.75 * b["raw_uint8"]
+    assert b["png"] > 0 and b["source_files"] is None and "no file per sample" in px["source_files"]
+    assert px["codec"] == {"name": "webp", "lossless": True, "quality": None, "effort": 1} and px["kept_psnr_db"] is None
     capsys.readouterr()
-    assert main(["info", str(out)]) == 0 and "bytes on disk" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bytes on disk" in text and "whole images, PNG" in text and f"{b['patches.dsqp']:,}" in text
+    # lossy: the kept pixels' PSNR recorded and shown (on digits' 8x8 images of 16 grey levels
+    # lossy WebP is larger than lossless; bytes against quality: tests/test_patch_store.py)
+    lossy = tmp_path / "px-lossy"
+    assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--patch-quality", "80", "--out", str(lossy), "--quiet"]) == 0
+    lpx = read_output(lossy).manifest["pixels"]
+    assert lpx["codec"]["quality"] == 80 and 25 < lpx["kept_psnr_db"] < 60
+    capsys.readouterr()
+    assert main(["info", str(lossy)]) == 0 and f"PSNR {lpx['kept_psnr_db']} dB" in capsys.readouterr().out
     assert main(["export", str(out), "--format", "npz", "--quiet"]) == 0
     digits = load_digits()
     store = PatchStore.load(out / "patches.dsqp")

@@ -43,6 +43,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer quality in [1, 100], got {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected an integer quality in [1, 100], got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -116,6 +126,8 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--drop-ratio",), dict(dest="drop_ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")),
         (("--patch",), dict(dest="patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")),
         (("--reconstructor",), dict(dest="reconstructor", default="inpaint", help="what rebuilds dropped patches at load time: inpaint (default), tiny-mae (trained on the data now), or mae:PATH (a local MAE checkpoint)")),
+        (("--patch-codec",), dict(dest="patch_codec", choices=["webp", "png", "jpeg"], default="webp", help="pixel quantization: codec of the kept patches in patches.dsqp (default webp; jpeg is lossy only, png lossless only)")),
+        (("--patch-quality",), dict(dest="patch_quality", type=_quality, help="pixel quantization: lossy kept patches at this quality in [1, 100] (webp or jpeg; the kept pixels' PSNR is recorded); default lossless, bit-exact")),
         (("--overwrite",), dict(dest="overwrite", action="store_true", help="replace an existing output directory of an earlier dsquant run (never anything else)")),
         (("--precision",), dict(dest="precision", choices=["float32", "float64"], default="float32", help="precision of the similarity rows in bin generation (the bins are the exact greedy's either way; float32 is faster)")),
         (("--block-size",), dict(dest="block_size", type=_positive_int, help="similarity rows held per class (default: as many as fit in 2 GiB)")),
@@ -391,7 +403,8 @@ def _cmd_info(args) -> int:
         print()
         print(f"  pixels: drop ratio {px['drop_ratio']}, {px['patch']} px patches ({px['grid'][0]}x{px['grid'][1]}), {px['kept_per_image']} kept per image; "
               f"effective keep ratio {100 * px['effective_keep_ratio']:.2f} %; reconstructor {px['reconstructor']}")
-        print(f"  bytes on disk: patches.dsqp {b['patches.dsqp']:,} | same images raw {b['raw_uint8']:,} ({b['patches.dsqp'] / b['raw_uint8']:.1%}) | as PNG {b['png']:,} ({b['patches.dsqp'] / b['png']:.1%})")
+        for line in _bytes_table(px, m["selection"]["n_selected"]):
+            print(line)
     from .methods import METHODS
 
     cls = METHODS.get(m.get("method"))
@@ -399,6 +412,29 @@ def _cmd_info(args) -> int:
         for line in cls.report(m):
             print(line)
     return 0
+
+
+def _bytes_table(px: dict, n: int) -> list[str]:
+    """The pixels record's bytes side by side: the kept-patch file against the same images
+    whole (raw, PNG, the source's files when known)."""
+    b = px["bytes"]
+    codec = px.get("codec") or {"name": "raw", "lossless": True}  # runs before format version 2
+    kind = "lossless" if codec.get("lossless") else f"quality {codec.get('quality')}"
+    kept = "kept pixels exact" if codec.get("lossless") else f"kept pixels PSNR {px.get('kept_psnr_db')} dB"
+    dsqp = b["patches.dsqp"]
+    rows = [(f"kept patches: patches.dsqp ({codec['name']} {kind}; {kept})", dsqp),
+            ("whole images, raw uint8", b["raw_uint8"]),
+            ("whole images, PNG", b["png"])]
+    if b.get("source_files") is not None:
+        rows.append((f"whole images, source files: {px.get('source_files')}", b["source_files"]))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"  bytes on disk, the {n:,} selected images:"]
+    for i, (label, value) in enumerate(rows):
+        share = f"   patches.dsqp is {dsqp / value:.1%} of this" if i and value else ""
+        lines.append(f"    {label:<{width}} {value:>14,}{share}")
+    if b.get("source_files") is None and px.get("source_files"):
+        lines.append(f"    source files: {px['source_files']}")
+    return lines
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQBudget, Context, SelectionMethod, make_method
 from .data import DataError, TextDataset, detect_format, read_dataset
+
+if TYPE_CHECKING:
+    from .pixels.store import Codec
 
 __all__ = ["CompressResult", "Run", "compress", "read_dataset"]
 
@@ -33,17 +37,28 @@ def _encoder(dataset, encoder, **options):
     return make_encoder(encoder, getattr(dataset, "kind", None), **options)
 
 
-def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options):
+def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options, codec):
     """Grad-CAM++ patch scores of the selected images with ``proxy`` (the run's fitted proxy
-    encoder), the kept-patch store, and (for ``tiny-mae``) a masked autoencoder trained on the
-    data; returns the manifest record and the files to write."""
+    encoder), the kept-patch store (encoded with ``codec``, a :class:`dsquant.pixels.Codec`),
+    and (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest
+    record and the files to write."""
     from .embed import fitted_proxy
-    from .pixels import png_bytes, quantize_pixels
+    from .pixels import PatchStore, kept_psnr, png_bytes, quantize_pixels, source_file_bytes
     from .pixels.reconstruct import TRAIN_NOW
+    from .pixels.store import write_atomic
 
     model = fitted_proxy(proxy, dataset, cache, progress)
     store = quantize_pixels(dataset, indices, model, drop_ratio, patch, device=device, progress=progress, meta={"source": str(dataset.source), "fingerprint": dataset.fingerprint()})
-    files = {"patches.dsqp": lambda path: store.save(path)}
+    t = time.perf_counter()
+    blob = store.to_bytes(codec)
+    t_write = time.perf_counter() - t
+    t = time.perf_counter()
+    back = PatchStore.from_bytes(blob, "patches.dsqp")  # read back before it is written: its times, its error
+    t_read = time.perf_counter() - t
+    psnr = kept_psnr(store, back)
+    if codec.lossless and psnr != float("inf"):
+        raise RuntimeError("patches.dsqp: the lossless kept-patch file does not read back bit for bit (a bug; please report it)")
+    files = {"patches.dsqp": lambda path: write_atomic(path, blob)}
     spec = reconstructor
     mae_info = None
     if reconstructor == TRAIN_NOW:
@@ -53,7 +68,7 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
 
         files[f"{TRAIN_NOW}.pt"] = lambda path: save_mae(model_mae, path, mae_info)
         spec = f"{TRAIN_NOW}:{TRAIN_NOW}.pt"
-    data_bytes = len(store.to_bytes())
+    source_bytes, source_what = source_file_bytes(dataset, indices)
     h, w, c = dataset.image_shape
     p_total = store.grid[0] * store.grid[1]
     k = int(store.patches.shape[1])
@@ -66,11 +81,16 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
         "importance": "Grad-CAM++ of the proxy (its predicted class), mean per patch",
         "reconstructor": spec,
         "tiny_mae": mae_info,
-        "bytes": {
-            "patches.dsqp": data_bytes,
+        "codec": codec.record(),
+        "kept_psnr_db": None if psnr == float("inf") else round(psnr, 2),  # None: kept pixels exact
+        "codec_seconds": {"write": round(t_write, 3), "read": round(t_read, 3)},
+        "bytes": {  # the selected images: kept patches, and whole as raw pixels, PNG, the source's files
+            "patches.dsqp": len(blob),
             "raw_uint8": int(len(indices) * h * w * c),
             "png": png_bytes(dataset.images[indices]),
+            "source_files": source_bytes,
         },
+        "source_files": source_what,
     }, files
 
 
@@ -215,6 +235,8 @@ def compress(
     drop_ratio: float | None = None,
     patch: int | None = None,
     reconstructor: str = "inpaint",
+    patch_codec: str | Codec = "webp",
+    patch_quality: int | None = None,
     mae_options: dict | None = None,
     text_model: str = "all-MiniLM-L6-v2",
     text_max_tokens: int | None = None,
@@ -274,6 +296,11 @@ def compress(
         reconstructor: what rebuilds the dropped patches at load time: ``"inpaint"``,
             ``"mae:PATH"`` (a local MAE checkpoint) or ``"tiny-mae"`` (trained on the data now,
             saved as ``out/tiny-mae.pt``).
+        patch_codec, patch_quality: how ``patches.dsqp`` encodes the kept pixels: a
+            :class:`dsquant.pixels.Codec`, or its name ``"webp"`` (default), ``"png"`` or
+            ``"jpeg"`` with ``patch_quality`` None for lossless (bit-exact kept pixels) or an
+            integer in [1, 100] for lossy (``webp`` or ``jpeg``; the kept pixels' PSNR goes into
+            the manifest).
         mae_options: options of :func:`dsquant.pixels.train_mae.train_tiny_mae`.
         text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
         text_max_tokens: truncate every text to this many tokens (default: the model's, 256
@@ -310,6 +337,9 @@ def compress(
         from .pixels.reconstruct import check_reconstructor
 
         check_reconstructor(reconstructor, train_now=True)
+        from .pixels import Codec
+
+        codec = patch_codec if isinstance(patch_codec, Codec) else Codec(patch_codec, patch_quality)
     check_export(export)
     proxy_seed = seed if proxy_seed is None else proxy_seed
     options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "device": device}
@@ -366,7 +396,7 @@ def compress(
 
             # the run's proxy when it embedded with one, else the proxy it would have used
             proxy = ctx.encoder if isinstance(ctx.encoder, ProxyEncoder) else _encoder(dataset, "proxy", **options)
-            pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {})
+            pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {}, codec)
             timings["pixels"] = time.perf_counter() - t
 
         manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command)

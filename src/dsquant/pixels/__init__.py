@@ -17,10 +17,13 @@ import numpy as np
 from .gradcam import gradcam_plusplus
 from .patches import keep_masks, n_kept, patch_grid, patch_scores
 from .reconstruct import InpaintReconstructor, MAEReconstructor, make_reconstructor, reconstruct_store
-from .store import PatchStore
+from .store import Codec, PatchStore, kept_psnr
 
 __all__ = [
+    "Codec",
     "PatchStore",
+    "kept_psnr",
+    "source_file_bytes",
     "InpaintReconstructor",
     "MAEReconstructor",
     "default_patch",
@@ -60,6 +63,63 @@ def png_bytes(images: np.ndarray) -> int:
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
         total += buf.tell()
     return total
+
+
+def source_file_bytes(dataset, indices: np.ndarray) -> tuple[int | None, str]:
+    """Bytes of the selected samples' files as they are in the source, and what they are.
+
+    An image folder: the files' sizes; a plain ``.tar``: its members' sizes, from the member
+    headers (the images are not read). The files are matched to dataset indices in the
+    readers' order (:mod:`dsquant.data.images`); if the source no longer holds as many images
+    as the dataset, the sizes are not given.
+
+    Returns:
+        (total bytes, a description such as ``"6,250 members of x.tar (.jpg)"``), or (None, why)
+        for sources without one file per sample (IDX, a CIFAR python archive, arrays, digits),
+        a compressed tar (listing it means decompressing all of it) or an unreadable source.
+    """
+    import os
+    import tarfile
+    from collections import Counter
+
+    from ..data import DataError, detect_format
+    from ..data.images import _index, _layout, _safe_parts
+
+    source = str(getattr(dataset, "source", ""))
+    split = getattr(dataset, "split", None)
+    try:
+        fmt = detect_format(source)
+        path = Path(source)
+        if fmt == "imagefolder":
+            found = []
+            for dirpath, _, files in os.walk(path, followlinks=False):
+                rel = list(Path(dirpath).relative_to(path).parts)
+                found.extend(rel + [f] for f in files)
+            entries, _ = _layout(found, split, source)
+            sizes = lambda parts: os.stat(path.joinpath(*parts)).st_size  # noqa: E731
+            what = f"files under {path.name}/"
+        elif fmt == "tar" and path.name.lower().endswith(".tar"):
+            with tarfile.open(path, "r:") as tar:
+                members = {}
+                for m in tar:
+                    parts = _safe_parts(m.name)
+                    if parts is not None and m.isfile():
+                        members["/".join(parts)] = m.size
+            entries, _ = _layout([key.split("/") for key in members], split, source)
+            sizes = lambda parts: members["/".join(parts)]  # noqa: E731
+            what = f"members of {path.name}"
+        elif fmt == "tar":
+            return None, "compressed tar: not listed (that would decompress all of it)"
+        else:
+            return None, f"no file per sample in the source ({fmt})"
+        order, _, _ = _index(entries)
+        if len(order) != len(dataset):
+            return None, f"{source} now holds {len(order)} images of the split, the dataset {len(dataset)}"
+        chosen = [entries[order[i]][0] for i in np.asarray(indices, dtype=np.int64)]
+        kinds = Counter(Path(parts[-1]).suffix.lower() for parts in chosen)
+        return int(sum(sizes(parts) for parts in chosen)), f"{len(chosen):,} {what} ({', '.join(kinds)})"
+    except (DataError, OSError, tarfile.TarError, KeyError) as exc:
+        return None, f"not measured ({str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__})"
 
 
 def quantize_pixels(dataset, indices: np.ndarray, model, drop_ratio: float = 0.2, patch: int | None = None, classes: np.ndarray | None = None, device=None, progress: bool = False, meta: dict | None = None) -> PatchStore:

@@ -64,7 +64,7 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 model = spec.build(c, len(pool.classes), min(h, w), mean, std)
             n = len(idx)
-            cfg = TrainConfig(epochs=epochs or preset.epochs_for(n), batch_size=preset.batch_for(n / len(pool), n), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay, nesterov=preset.nesterov, schedule=preset.schedule, seed=args.seed)
+            cfg = TrainConfig(epochs=epochs or preset.epochs_for(n), batch_size=preset.batch_for(n / len(pool), n), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay, nesterov=preset.nesterov, schedule=preset.schedule, augment=preset.augment, seed=args.seed)
             losses: list[float] = []
             t = time.perf_counter()
             fit(model, x, y, cfg, on_epoch=lambda e, loss: losses.append(loss))

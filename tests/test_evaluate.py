@@ -1,5 +1,6 @@
 import csv
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,12 @@ def test_presets_follow_the_protocols():
     assert cpu.epochs_for(500) == 30 and cpu.epochs_for(5000) == 3 and cpu.epochs_for(50000) == 2
     long = PRESETS["cpu-long"]
     assert long.epochs_for(500) == 200 and long.epochs_for(5000) == 20 and long.epochs_for(50000) == 2
+    low = PRESETS["lowbudget"]  # a fixed 200 epochs at every budget, batch 32 (or the subset)
+    assert low.epochs_for(10) == low.epochs_for(500) == 200 and low.batch_for(1e-4, 10) == 10 and low.batch_for(0.01, 600) == 32
+    assert low.augment
+    prune = PRESETS["pruning"]  # converged training of the MLP at 30-90 % keep, no augmentation
+    assert prune.archs == ("mlp",) and prune.epochs_for(18_000) == prune.epochs_for(54_000) == 10
+    assert prune.batch_for(0.3, 18_000) == 256 and not prune.augment
     assert "logreg" in ARCHITECTURES and all(a in ARCHITECTURES for a in cpu.archs)
     assert not any(a.startswith("proxy") for a in ARCHITECTURES)
 
@@ -112,3 +119,22 @@ def test_validation_split_and_per_class_budgets(tmp_path, monkeypatch):
     db = run_grid(grid, tmp_path, progress=False, log=lambda *a: None)
     rows = sqlite3.connect(db).execute("SELECT ratio, n_train FROM results ORDER BY ratio").fetchall()
     assert [n for _, n in rows] == [20, 50] and rows[0][0] == pytest.approx(20 / 1437)
+
+
+def test_preset_augmentation_reaches_the_training(monkeypatch):
+    import dsquant.training as training
+    from dsquant.data import load_digits
+
+    seen = []
+    real_fit = training.fit
+
+    def spy(model, x, y, cfg, *a, **k):
+        seen.append(cfg.augment)
+        return real_fit(model, x[:8], y[:8], replace(cfg, epochs=1), *a, **k)
+
+    monkeypatch.setattr(training, "fit", spy)
+    train, test = load_digits("train"), load_digits("test")
+    for augment in (True, False):
+        preset = Preset("t", ("mlp",), epochs=1, augment=augment)
+        train_and_test(train, np.arange(40), test, "mlp", preset, seed=0)
+    assert seen == [True, False]

@@ -32,6 +32,7 @@ class Preset:
             ``small_ratio`` (the DQ protocol uses 16 at <= 10 %).
         logreg_c, logreg_max_iter: the logistic regression's inverse regularisation and
             iterations.
+        augment: random crop and horizontal flip while training (off: the pixels as they are).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Preset:
     small_ratio: float = 0.1
     logreg_c: float = 0.1
     logreg_max_iter: int = 300
+    augment: bool = True
 
     def epochs_for(self, n_train: int) -> int:
         if self.epochs is not None:
@@ -77,6 +79,8 @@ _CPU = Preset(
     small_ratio=0.1,
 )
 
+PRUNING_EPOCHS = 10
+
 PRESETS: dict[str, Preset] = {
     # the DQ papers' CIFAR protocol, for a GPU: ResNet-18, 200 epochs, SGD 0.1, cosine
     "paper": Preset("paper", ("resnet18",), epochs=200, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128, small_batch_size=16, small_ratio=0.1),
@@ -87,6 +91,11 @@ PRESETS: dict[str, Preset] = {
     # low budgets (1-50 images per class): 200 epochs, enough for the training loss to flatten
     # at every budget (benchmarks/lowbudget_curve.py, docs/evaluation.md)
     "lowbudget": Preset("lowbudget", ("convnet", "mlp"), epochs=200, lr=0.05, nesterov=True, schedule="onecycle", batch_size=32, small_batch_size=None),
+    # pruning (keep 30-90 % of Fashion-MNIST-size data): the MLP, PRUNING_EPOCHS epochs, where the
+    # validation accuracy has stopped rising (benchmarks/lowbudget_curve.py --preset pruning,
+    # docs/evaluation.md); the convnet is too slow for a 10-seed grid on 2 cores (about 45 s per
+    # epoch at 30,000 images)
+    "pruning": Preset("pruning", ("mlp",), epochs=PRUNING_EPOCHS, lr=0.05, nesterov=True, schedule="onecycle", batch_size=256, small_batch_size=None, augment=False),
 }
 
 
@@ -174,6 +183,7 @@ def train_and_test(
         weight_decay=preset.weight_decay,
         nesterov=preset.nesterov,
         schedule=preset.schedule,
+        augment=preset.augment,
         seed=seed,
     )
     fit(model, x, y, cfg, device, progress=progress, desc=f"{arch} seed {seed}")

@@ -1,0 +1,79 @@
+"""One leaderboard from several benchmark reports: every method's difference from class-balanced
+random, paired by seed, with its 95 % interval, per (dataset, architecture, budget), and a tally
+of where each method beats random (interval above zero), ties (interval contains zero) or loses
+(interval below zero).
+
+    python benchmarks/leaderboard.py docs/results/lowbudget-fashion-mnist/summary.csv docs/results/banking77/summary.csv
+
+Reads the ``summary.csv`` files ``dsquant benchmark`` and ``benchmarks/eval_text.py --out``
+write; ``--per-class`` labels budgets as images per class where the classes are known
+(``--classes NAME=K N`` gives a dataset's class count K and training-set size N). Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+
+def _label(ratio: float, sizes: dict, dataset: str) -> str:
+    if dataset in sizes:
+        k, n = sizes[dataset]
+        m = ratio * n / k
+        if abs(m - round(m)) < 1e-6 and m < 100:
+            return f"{round(m)}/class"
+    return f"{100 * ratio:.3g} %"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("summaries", nargs="+", help="summary.csv files")
+    p.add_argument("--classes", nargs="*", default=["fashion-mnist=10:60000", "cifar10-jpeg=10:50000", "banking77=77:10003"],
+                   help="NAME=K:N per dataset, to label budgets as samples per class")
+    args = p.parse_args()
+    sizes = {}
+    for item in args.classes:
+        name, kn = item.split("=")
+        k, n = kn.split(":")
+        sizes[name] = (int(k), int(n))
+    rows = []
+    for path in args.summaries:
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    cells = sorted({(r["dataset"], r["arch"], float(r["ratio"])) for r in rows if r["method"] not in ("random", "full")})
+    methods = []
+    for r in rows:
+        if r["method"] not in ("random", "full") and r["method"] not in methods:
+            methods.append(r["method"])
+    by = {(r["dataset"], r["arch"], float(r["ratio"]), r["method"]): r for r in rows}
+    tally = {m: [0, 0, 0] for m in methods}
+    heads = [f"{d} / {a} / {_label(q, sizes, d)}" for d, a, q in cells]
+    print("Difference from class-balanced random (percentage points), paired by seed, 95 % paired t interval; "
+          "**bold ↑**: interval above zero, ↓: below zero.\n")
+    print("| method | " + " | ".join(heads) + " | above / tie / below |")
+    print("|---|" + "---|" * (len(heads) + 1))
+    for m in methods:
+        out = []
+        for d, a, q in cells:
+            r = by.get((d, a, q, m))
+            if r is None or r["diff_vs_random"] == "":
+                out.append("-")
+                continue
+            mean, lo, hi = (100 * float(r[k]) for k in ("diff_vs_random", "diff_ci95_low", "diff_ci95_high"))
+            text = f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            if lo > 0:
+                out.append(f"**{text} ↑**")
+                tally[m][0] += 1
+            elif hi < 0:
+                out.append(f"{text} ↓")
+                tally[m][2] += 1
+            else:
+                out.append(text)
+                tally[m][1] += 1
+        print(f"| {m} | " + " | ".join(out) + f" | {tally[m][0]} / {tally[m][1]} / {tally[m][2]} |")
+    base = [by.get((d, a, q, "random")) for d, a, q in cells]
+    print("| *random (accuracy %)* | " + " | ".join(f"{100 * float(b['mean']):.2f} ± {100 * float(b['std']):.2f}" if b else "-" for b in base) + " | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,10 @@ def main() -> None:
             methods.append(r["method"])
     by = {(r["dataset"], r["arch"], float(r["ratio"]), r["method"]): r for r in rows}
     tally = {m: [0, 0, 0] for m in methods}
-    heads = [f"{d} / {a} / {_label(q, sizes, d)}" for d, a, q in cells]
+    one_ds, one_arch = len({c[0] for c in cells}) == 1, len({c[1] for c in cells}) == 1  # said once, above the table
+    heads = [" / ".join([*([] if one_ds else [d]), *([] if one_arch else [a]), _label(q, sizes, d)]) for d, a, q in cells]
+    if cells and (one_ds or one_arch):
+        print(" / ".join([*([cells[0][0]] if one_ds else []), *([cells[0][1]] if one_arch else [])]) + "\n")
     print("Difference from class-balanced random (percentage points), paired by seed, 95 % paired t interval; "
           "**bold ↑**: interval above zero, ↓: below zero.\n")
     print("| method | " + " | ".join(heads) + " | above / tie / below |")
@@ -72,7 +75,10 @@ def main() -> None:
                 tally[m][1] += 1
         print(f"| {m} | " + " | ".join(out) + f" | {tally[m][0]} / {tally[m][1]} / {tally[m][2]} |")
     base = [by.get((d, a, q, "random")) for d, a, q in cells]
+    fulls = {(r["dataset"], r["arch"]): r for r in rows if r["method"] == "full"}
     print("| *random (accuracy %)* | " + " | ".join(f"{100 * float(b['mean']):.2f} ± {100 * float(b['std']):.2f}" if b else "-" for b in base) + " | |")
+    for (d, a), r in sorted(fulls.items()):
+        print(f"| *full data, {d} / {a}* | {100 * float(r['mean']):.2f} ± {100 * float(r['std']):.2f} (n={r['n']}) |" + " |" * len(cells))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from dsquant.data import read_idx, read_image_folder, read_image_tar
 from dsquant.pixels import Codec, PatchStore, keep_masks, kept_psnr, png_bytes, source_file_bytes
@@ -266,7 +267,7 @@ def test_malformed_headers_are_refused_before_decoding(tmp_path, rng, monkeypatc
 
 
 def _write_tree_tar(path, rng, mode="w"):
-    """A tar of train/<class>/<i>.png (different sizes) and a test split; returns
+    """A tar of train/<class>/<i>.png (every file of its own size) and a test split; returns
     {member name: size}."""
     sizes = {}
     with tarfile.open(path, mode) as tar:
@@ -275,7 +276,9 @@ def _write_tree_tar(path, rng, mode="w"):
                 for i in range(per):
                     buf = io.BytesIO()
                     img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) if i % 2 else np.full((8, 8, 3), 40 * i, np.uint8)
-                    Image.fromarray(img).save(buf, "PNG")
+                    pad = PngInfo()  # a text chunk of a different length in every file: every size differs
+                    pad.add_text("pad", "x" * (7 * len(sizes)))
+                    Image.fromarray(img).save(buf, "PNG", pnginfo=pad)
                     name = f"{split}/{cls}/{i}.png"
                     info = tarfile.TarInfo(name)
                     info.size = buf.tell()
@@ -292,7 +295,7 @@ def test_source_file_bytes_of_a_tar_and_a_folder(tmp_path, rng):
     chosen = np.array([4, 0, 2])
     total, what = source_file_bytes(ds, chosen)
     assert total == sum(sizes[order[i]] for i in chosen) and what == "3 members of data.tar (.png)"
-    assert len(set(sizes.values())) > 2  # the sizes differ: a wrong order would be seen
+    assert len(set(sizes.values())) == len(sizes)  # every size differs: a wrong order would be seen
     with tarfile.open(tmp_path / "data.tar") as tar:
         tar.extractall(tmp_path / "tree", filter="data")
     folder = read_image_folder(tmp_path / "tree")

@@ -568,12 +568,7 @@ def read_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    found, dirs = [], []
-    for dirpath, subdirs, files in os.walk(root, followlinks=False):
-        rel = Path(dirpath).relative_to(root).parts
-        dirs.extend(list(rel) + [d] for d in subdirs)
-        for f in files:
-            found.append(list(rel) + [f])
+    found, dirs = _folder_listing(root)
     entries, split = _layout(found, split, str(root), dirs, lambda d: str(root.joinpath(*d)))
     order, classes, labels = _index(entries)
 
@@ -583,6 +578,61 @@ def read_image_folder(
     items = [(str(root.joinpath(*entries[i][0])), reader(entries[i][0])) for i in order]
     images = _decode_all(items, str(root), image_size, progress)
     return ImageDataset(images, labels, classes, str(root), split)
+
+
+def _folder_listing(root: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """Every file and every directory under ``root``, as path parts relative to it (links are
+    not followed)."""
+    found, dirs = [], []
+    for dirpath, subdirs, files in os.walk(root, followlinks=False):
+        rel = list(Path(dirpath).relative_to(root).parts)
+        dirs.extend(rel + [d] for d in subdirs)
+        found.extend(rel + [f] for f in files)
+    return found, dirs
+
+
+def _tar_listing(tar: tarfile.TarFile, path: Path) -> tuple[dict[str, tarfile.TarInfo], list[list[str]]]:
+    """The regular-file members whose names stay inside the archive (by their '/'-joined parts)
+    and the directories, of an archive opened with ``tarinfo=_EndMarkTarInfo``."""
+    members, dirs = {}, []
+    for m in _tar_members(tar, path):
+        parts = _safe_parts(m.name)
+        if parts is None:
+            continue
+        if m.isdir():
+            dirs.append(parts)
+        elif m.isfile():
+            members["/".join(parts)] = m
+    return members, dirs
+
+
+def source_files(source: str | os.PathLike, split: str | None = None) -> list[tuple[str, int]]:
+    """The files behind the samples of an image folder or a tar, in the readers' order: item i
+    is sample i of :func:`read_image_folder` / :func:`read_image_tar` ``(source, split)``.
+
+    Returns:
+        ``(name, bytes)`` per sample, from the directory entries or the tar's member headers (no
+        image is read; a compressed tar is decompressed to list it).
+
+    Raises:
+        DataError: as the readers' listing does (no images of the split, an empty class folder,
+            a corrupt or truncated archive).
+    """
+    path = Path(source)
+    if path.is_dir():
+        found, dirs = _folder_listing(path)
+        entries, _ = _layout(found, split, str(path), dirs, lambda d: str(path.joinpath(*d)))
+        order, _, _ = _index(entries)
+        return [(str(path.joinpath(*entries[i][0])), os.stat(path.joinpath(*entries[i][0])).st_size) for i in order]
+    check_regular_file(path)
+    try:
+        with tarfile.open(path, "r:*", tarinfo=_EndMarkTarInfo) as tar:
+            members, dirs = _tar_listing(tar, path)
+    except _TAR_ERRORS as exc:
+        raise DataError(f"{path}: cannot read tar archive ({exc})") from None
+    entries, _ = _layout([k.split("/") for k in members], split, str(path), dirs, lambda d: f"{path}:{'/'.join(d)}/")
+    order, _, _ = _index(entries)
+    return [(f"{path}:{'/'.join(entries[i][0])}", members["/".join(entries[i][0])].size) for i in order]
 
 
 def read_image_tar(
@@ -602,15 +652,7 @@ def read_image_tar(
     check_regular_file(path)
     try:
         with tarfile.open(path, "r:*", tarinfo=_EndMarkTarInfo) as tar:
-            members, dirs = {}, []
-            for m in _tar_members(tar, path):
-                parts = _safe_parts(m.name)
-                if parts is None:
-                    continue
-                if m.isdir():
-                    dirs.append(parts)
-                elif m.isfile():
-                    members["/".join(parts)] = m
+            members, dirs = _tar_listing(tar, path)
             entries, split = _layout(
                 [k.split("/") for k in members], split, str(path), dirs, lambda d: f"{path}:{'/'.join(d)}/"
             )

@@ -70,7 +70,7 @@ def source_file_bytes(dataset, indices: np.ndarray) -> tuple[int | None, str]:
 
     An image folder: the files' sizes; a plain ``.tar``: its members' sizes, from the member
     headers (the images are not read). The files are matched to dataset indices in the
-    readers' order (:mod:`dsquant.data.images`); if the source no longer holds as many images
+    readers' order (:func:`dsquant.data.images.source_files`); if the source no longer holds as many images
     as the dataset, the sizes are not given.
 
     Returns:
@@ -78,47 +78,29 @@ def source_file_bytes(dataset, indices: np.ndarray) -> tuple[int | None, str]:
         for sources without one file per sample (IDX, a CIFAR python archive, arrays, digits),
         a compressed tar (listing it means decompressing all of it) or an unreadable source.
     """
-    import os
-    import tarfile
     from collections import Counter
 
     from ..data import DataError, detect_format
-    from ..data.images import _index, _layout, _safe_parts
+    from ..data.images import source_files
 
     source = str(getattr(dataset, "source", ""))
-    split = getattr(dataset, "split", None)
     try:
         fmt = detect_format(source)
-        path = Path(source)
         if fmt == "imagefolder":
-            found = []
-            for dirpath, _, files in os.walk(path, followlinks=False):
-                rel = list(Path(dirpath).relative_to(path).parts)
-                found.extend(rel + [f] for f in files)
-            entries, _ = _layout(found, split, source)
-            sizes = lambda parts: os.stat(path.joinpath(*parts)).st_size  # noqa: E731
-            what = f"files under {path.name}/"
-        elif fmt == "tar" and path.name.lower().endswith(".tar"):
-            with tarfile.open(path, "r:") as tar:
-                members = {}
-                for m in tar:
-                    parts = _safe_parts(m.name)
-                    if parts is not None and m.isfile():
-                        members["/".join(parts)] = m.size
-            entries, _ = _layout([key.split("/") for key in members], split, source)
-            sizes = lambda parts: members["/".join(parts)]  # noqa: E731
-            what = f"members of {path.name}"
+            what = f"files under {Path(source).name}/"
+        elif fmt == "tar" and source.lower().endswith(".tar"):
+            what = f"members of {Path(source).name}"
         elif fmt == "tar":
             return None, "compressed tar: not listed (that would decompress all of it)"
         else:
             return None, f"no file per sample in the source ({fmt})"
-        order, _, _ = _index(entries)
-        if len(order) != len(dataset):
-            return None, f"{source} now holds {len(order)} images of the split, the dataset {len(dataset)}"
-        chosen = [entries[order[i]][0] for i in np.asarray(indices, dtype=np.int64)]
-        kinds = Counter(Path(parts[-1]).suffix.lower() for parts in chosen)
-        return int(sum(sizes(parts) for parts in chosen)), f"{len(chosen):,} {what} ({', '.join(kinds)})"
-    except (DataError, OSError, tarfile.TarError, KeyError) as exc:
+        files = source_files(source, getattr(dataset, "split", None))
+        if len(files) != len(dataset):
+            return None, f"{source} now holds {len(files)} images of the split, the dataset {len(dataset)}"
+        chosen = [files[i] for i in np.asarray(indices, dtype=np.int64)]
+        kinds = Counter(Path(name).suffix.lower() for name, _ in chosen)
+        return int(sum(size for _, size in chosen)), f"{len(chosen):,} {what} ({', '.join(kinds)})"
+    except (DataError, OSError) as exc:
         return None, f"not measured ({str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__})"
 
 

@@ -79,8 +79,6 @@ _CPU = Preset(
     small_ratio=0.1,
 )
 
-PRUNING_EPOCHS = 10
-
 PRESETS: dict[str, Preset] = {
     # the DQ papers' CIFAR protocol, for a GPU: ResNet-18, 200 epochs, SGD 0.1, cosine
     "paper": Preset("paper", ("resnet18",), epochs=200, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128, small_batch_size=16, small_ratio=0.1),
@@ -91,11 +89,11 @@ PRESETS: dict[str, Preset] = {
     # low budgets (1-50 images per class): 200 epochs, enough for the training loss to flatten
     # at every budget (benchmarks/lowbudget_curve.py, docs/evaluation.md)
     "lowbudget": Preset("lowbudget", ("convnet", "mlp"), epochs=200, lr=0.05, nesterov=True, schedule="onecycle", batch_size=32, small_batch_size=None),
-    # pruning (keep 30-90 % of Fashion-MNIST-size data): the MLP, PRUNING_EPOCHS epochs, where the
+    # pruning (keep 30-90 % of Fashion-MNIST-size data): the MLP, 10 epochs, where the
     # validation accuracy has stopped rising (benchmarks/lowbudget_curve.py --preset pruning,
     # docs/evaluation.md); the convnet is too slow for a 10-seed grid on 2 cores (about 45 s per
     # epoch at 30,000 images)
-    "pruning": Preset("pruning", ("mlp",), epochs=PRUNING_EPOCHS, lr=0.05, nesterov=True, schedule="onecycle", batch_size=256, small_batch_size=None, augment=False),
+    "pruning": Preset("pruning", ("mlp",), epochs=10, lr=0.05, nesterov=True, schedule="onecycle", batch_size=256, small_batch_size=None, augment=False),
 }
 
 

@@ -33,6 +33,10 @@ def banking77(args) -> None:
     from dsquant.evaluate.protocols import per_class_ratio
     from dsquant.evaluate.stats import paired_difference
 
+    if args.out:
+        from dsquant.evaluate.grid import check_report_dir
+
+        check_report_dir(args.out)  # before the work, not after
     train = load_dataset(TEXT / "banking77_train.jsonl", group_by="label")
     test = load_dataset(TEXT / "banking77_test.jsonl", group_by="label")
     cache = Cache()

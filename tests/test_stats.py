@@ -154,6 +154,39 @@ def test_row_reports_match_the_database_reports(tmp_path):
     assert len(csv_rows) == 12 and csv_rows[0]["epochs"] == "" and csv_rows[0]["method"] == "dq"
 
 
+def test_reports_never_overwrite_files_dsquant_did_not_write(tmp_path):
+    rows = [{"dataset": "d", "method": "random", "ratio": 0.1, "arch": "mlp", "seed": s, "preset": "t", "accuracy": 0.5} for s in range(2)]
+    write_row_reports(rows, tmp_path / "ours")
+    again = write_row_reports(rows, tmp_path / "ours")  # a rerun replaces its own reports
+    assert set(again) == {"csv", "summary", "md", "png"}
+    for name, content in [("results.csv", b"my,own\n1,2\n"), ("summary.csv", b"x\n"), ("results.md", b"# my notes\n"), ("accuracy.png", b"not a png")]:
+        out = tmp_path / name
+        out.mkdir()
+        (out / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: exists and was not written by dsquant"):
+            write_row_reports(rows, out)
+        assert (out / name).read_bytes() == content and sorted(q.name for q in out.iterdir()) == [name]  # nothing written
+    # a plot of an older dsquant (matplotlib's own Software mark) beside our results.csv is ours
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    legacy = tmp_path / "legacy"
+    write_row_reports(rows, legacy)
+    fig = plt.figure()
+    fig.savefig(legacy / "accuracy.png")
+    plt.close(fig)
+    write_row_reports(rows, legacy)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    fig = plt.figure()
+    fig.savefig(alone / "accuracy.png")  # a user's matplotlib plot, with no report of ours beside it
+    plt.close(fig)
+    with pytest.raises(ValueError, match="accuracy.png: exists"):
+        write_row_reports(rows, alone)
+
+
 def test_reports_are_deterministic(tmp_path):
     outs = []
     for i, seed in enumerate([None, 1, 2]):  # the same rows inserted in other orders

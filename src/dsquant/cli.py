@@ -241,6 +241,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_benchmark(args) -> int:
     from .evaluate import Grid, run_grid, write_reports
+    from .evaluate.grid import check_report_dir
 
     opts = {"n_bins": args.bins, "epochs": args.epochs, "embedding": args.embedding}
     if args.alpha is not None:
@@ -250,6 +251,7 @@ def _cmd_benchmark(args) -> int:
     seeds = args.seeds if args.seeds is not None else list(range(args.n_seeds))
     ratios = args.ratios if args.ratios is not None else ([] if args.per_class else [0.01, 0.05, 0.1, 0.2])
     grid = Grid(args.data, args.methods, ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class)
+    check_report_dir(args.out)  # before hours of training, not after
     db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
     print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")

@@ -367,9 +367,60 @@ def write_reports(db: str | os.PathLike, out: str | os.PathLike | None = None, p
 
     Returns:
         The paths written, by kind (``csv``, ``summary``, ``md``, ``png``).
+
+    Raises:
+        ValueError: if the output directory holds a file by a report's name that dsquant did not
+            write (nothing is written then).
     """
     db = Path(db)
     return write_row_reports(_rows(db, preset, options), Path(out) if out is not None else db.parent, title)
+
+
+RESULT_COLUMNS = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options", "fingerprint"]
+"""Columns of ``results.csv``: one row per training."""
+
+_MD_MARK = "Test accuracy (%) of the final training epoch"
+"""A sentence every ``results.md`` of :func:`write_row_reports` holds (how a rerun knows its own)."""
+
+
+def _head(path: Path, n: int = 4096) -> str:
+    with open(path, "rb") as f:
+        return f.read(n).decode("utf-8", errors="replace")
+
+
+def check_report_dir(out: str | os.PathLike) -> None:
+    """Raise ValueError if ``out`` holds a report file (or something else by a report's name)
+    that :func:`write_row_reports` did not write: dsquant never overwrites a file it did not
+    write. Called before any work (``dsquant benchmark``, ``benchmarks/eval_text.py``) and again
+    before the reports are written. Ours: the CSV headers, the Markdown's protocol sentence, and
+    a plot whose PNG says ``Software: dsquant`` (or, written before that mark, beside our
+    ``results.csv``)."""
+    out, cols = Path(out), RESULT_COLUMNS
+
+    def csv_ours(header: list[str]):
+        return lambda p: _head(p).splitlines()[:1] == [",".join(header)]
+
+    def png_ours(p: Path) -> bool:
+        from PIL import Image
+
+        try:
+            with Image.open(p, formats=["PNG"]) as im:
+                software = str(im.info.get("Software", ""))
+        except (OSError, ValueError):
+            return False
+        legacy = software.startswith("Matplotlib") and (out / "results.csv").is_file() and csv_ours(cols)(out / "results.csv")
+        return software.startswith("dsquant") or legacy
+
+    checks = {
+        "results.csv": csv_ours(cols),
+        "summary.csv": csv_ours(SUMMARY_COLUMNS),
+        "results.md": lambda p: _MD_MARK in _head(p),
+        "accuracy.png": png_ours,
+    }
+    for name, ours in checks.items():
+        path = out / name
+        if path.is_symlink() or (path.exists() and not (path.is_file() and ours(path))):
+            raise ValueError(f"{path}: exists and was not written by dsquant's reports; give another output directory (nothing was written)")
 
 
 def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "") -> dict[str, Path]:
@@ -383,11 +434,12 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
         out: the directory of the reports (created).
     """
     out = Path(out)
+    cols = RESULT_COLUMNS
+    check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=_row_order)
     paths = {}
     csv_path = out / "results.csv"
-    cols = ["dataset", "method", "ratio", "arch", "seed", "preset", "accuracy", "n_train", "epochs", "batch_size", "seconds", "options", "fingerprint"]
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", restval="")
         w.writeheader()
@@ -405,7 +457,7 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
     level = f"{100 * CONFIDENCE:g} %"
     md = [f"# {title}" if title else "# Benchmark results", ""]
     md.append(
-        "Test accuracy (%) of the final training epoch, mean ± sample std over seeds. In brackets, for "
+        f"{_MD_MARK}, mean ± sample std over seeds. In brackets, for "
         "each method other than random: its difference from class-balanced random at the same keep ratio "
         f"(percentage points), paired by seed, with its {level} interval by Student's paired t test "
         f"(t distribution, n − 1 degrees of freedom); * marks an interval that excludes 0."
@@ -485,6 +537,8 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .. import __version__
+
+    fig.savefig(path, dpi=120, metadata={"Software": f"dsquant {__version__}"})  # how a rerun knows its own plot
     plt.close(fig)
     return path

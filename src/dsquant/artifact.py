@@ -471,6 +471,48 @@ def write_images(dest: Path, fmt: str, images: np.ndarray, labels: np.ndarray, i
     return {"format": fmt, "files": int(len(indices)), "bytes": total}
 
 
+def write_streamed(dest: Path, fmt: str, dataset, indices: np.ndarray, image_size: int | None = None) -> dict:
+    """Write the samples ``indices`` of a streamed dataset, reading only those: for
+    ``"imagefolder"`` each sample's stored bytes unchanged (``<class folder>/<index:07d><ext>``,
+    its original file extension; nothing is decoded or re-encoded), with :data:`EXPORT_RECORD`
+    listing every file's stable id; for ``"npz"`` the images decoded at ``image_size`` (the
+    shorter side resized, the centre cropped).
+
+    Raises:
+        ValueError: for ``"npz"`` without ``image_size`` (streamed images differ in size).
+    """
+    if fmt == "npz":
+        if image_size is None:
+            raise ValueError(f"export: {dataset.source} is streamed and its images differ in size; npz needs --image-size (or export imagefolder, which copies the files)")
+        sub = dataset.load(image_size, indices)
+        return write_images(dest, fmt, sub.images, sub.labels, indices, dataset.classes)
+    folders = class_folders(list(dataset.classes))
+    total, files = 0, []
+    for idx in indices:
+        i = int(idx)
+        folder = dest / folders[int(dataset.labels[i])]
+        folder.mkdir(exist_ok=True)
+        ext = os.path.splitext(str(dataset.ids[i]))[1].lower()
+        ext = ext if ext in _IMAGE_SUFFIXES else ".img"
+        path = folder / f"{i:07d}{ext}"
+        data = dataset.read_bytes(i)
+        path.write_bytes(data)
+        total += len(data)
+        files.append({"file": f"{path.parent.name}/{path.name}", "id": str(dataset.ids[i])})
+    record = {
+        "dsquant_export": 1,
+        "format": "imagefolder",
+        "classes": [{"label": i, "class": c, "folder": f} for i, (c, f) in enumerate(zip(dataset.classes, folders))],
+        "files": int(len(indices)),
+        "ids": files,
+    }
+    (dest / EXPORT_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"format": fmt, "files": int(len(indices)), "bytes": total}
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
 def export_subset(dataset, indices: np.ndarray, dest: Path, fmt: str) -> dict:
     """Write the selected samples of ``dataset`` into the run directory ``dest``.
 
@@ -500,6 +542,9 @@ def export_subset(dataset, indices: np.ndarray, dest: Path, fmt: str) -> dict:
     name = "export.npz" if fmt == "npz" else "export"
     if fmt == "imagefolder":
         (dest / name).mkdir()
+    if getattr(dataset, "streamed", False):
+        rec = write_streamed(dest / name, fmt, dataset, indices)
+        return {"format": fmt, "path": name, **{k: v for k, v in rec.items() if k != "format"}}
     rec = write_images(dest / name, fmt, dataset.images[indices], dataset.labels[indices], indices, dataset.classes)
     return {"format": fmt, "path": name, **{k: v for k, v in rec.items() if k != "format"}}
 
@@ -604,7 +649,7 @@ class Run:
         info = self.manifest["dataset"]
         params = self.manifest.get("parameters") or {}
         source = data if data is not None else info["source"]
-        ds = read_dataset(source, split=info.get("split") or "train", image_size=params.get("image_size"), cache=cache, progress=progress)
+        ds = read_dataset(source, split=info.get("split") or "train", image_size=params.get("image_size"), cache=cache, progress=progress, stream=info.get("streamed", False))
         if ds.fingerprint() != info.get("fingerprint"):
             raise ValueError(
                 f"{self.path}: the dataset read from {source} is not the one these indices refer to "
@@ -653,6 +698,10 @@ class Run:
             else:
                 ds = self.open_dataset(cache=cache, progress=progress)  # verifies the fingerprint
                 indices = self.indices
+                if getattr(ds, "streamed", False):  # only the selected files are read
+                    write_streamed(w.tmp, fmt, ds, indices, (m.get("parameters") or {}).get("image_size"))
+                    w.commit()
+                    return {"dest": dest, "n": int(len(indices)), "what": "unmodified (the source's files)"}
                 images, labels, classes = ds.images[indices], ds.labels[indices], ds.classes
                 what = "unmodified"
             write_images(w.tmp, fmt, images, labels, indices, list(classes))

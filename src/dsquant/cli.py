@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 
 __all__ = ["main"]
 
@@ -122,6 +121,8 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
         (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),
         (("--image-size",), dict(dest="image_size", type=_positive_int, help="resize and centre-crop images to this size")),
+        (("--stream",), dict(dest="stream", action="store_const", const=True, default=None, help="image folders and tars: index them and decode images on demand (default from 200,000 images; needs an encoder that embeds each image on its own: hf:, torchscript:, timm:, open_clip:)")),
+        (("--in-memory",), dict(dest="stream", action="store_const", const=False, help="image folders and tars: decode every image into memory, however many")),
         (("--export",), dict(dest="export", choices=["imagefolder", "npz"], help="also write the subset itself")),
         (("--drop-ratio",), dict(dest="drop_ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")),
         (("--patch",), dict(dest="patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")),
@@ -155,9 +156,69 @@ def _add_compress(sub) -> None:
     p.set_defaults(compress_keywords=[options["dest"] for _, options in table])
 
 
+def _add_embed(sub) -> None:
+    from .embed import ENCODERS
+
+    rows = [f"{n}:{c.argument}" for n, c in ENCODERS.items() if callable(getattr(c, "encode_rows", None))]
+    p = sub.add_parser(
+        "embed",
+        help="embed a dataset into a sharded, resumable embedding store",
+        description="Embed DATA with a pretrained encoder into STORE: fixed-size shards written "
+        "one by one (a killed run resumes at the first unfinished shard), ids and labels beside, "
+        "a manifest. 'dsquant compress STORE' bins from it without loading it whole. "
+        "--shard i/N embeds one slice, for job arrays writing into one store.",
+    )
+    p.add_argument("data", help="dataset: an image folder, a tar, WebDataset shards (a brace pattern such as 'train-{000..146}.tar'), or text records")
+    p.add_argument("--encoder", required=True, help="an encoder that embeds each sample on its own: " + ", ".join(rows))
+    p.add_argument("--out", required=True, help="the store directory (new, empty, or a store of the same embeddings to resume)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/N", help="embed only shards k with k %% N == i (default 0/1: all)")
+    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="rows per shard (default 10000)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=_nonneg_int, help="decoding processes (default half the cores; 0 decodes in the main process)")
+    p.add_argument("--pool", choices=["auto", "cls", "mean", "pooler", "projection"], default="auto", help="hf: pooling of the backbone's output (default auto: per model family, docs/imagenet.md; projection: a CLIP/SigLIP checkpoint's image-text space)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="auto: bf16 autocast on CPUs with AMX/AVX512-BF16, mixed precision on CUDA (default); float32")
+    p.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be decoded (listed in the shard records and in compress's manifest) instead of stopping")
+    p.add_argument("--split", default="train", help="split to embed (default train)")
+    p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model for --encoder sentence")
+    p.add_argument("--template", help="text: what to embed per record (see compress --help)")
+    p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .embed.store import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_embed(args) -> int:
+    from .data import read_dataset
+    from .embed import make_encoder
+    from .embed.store import embed_to_store
+
+    from .data import DataError
+
+    try:  # every sample is embedded on its own: stream image folders and tars whatever their size
+        dataset = read_dataset(args.data, split=args.split, stream=True, template=args.template)
+    except DataError as exc:
+        if "cannot stream a compressed tar" not in str(exc):
+            raise
+        dataset = read_dataset(args.data, split=args.split, stream=False)
+    encoder = make_encoder(args.encoder, getattr(dataset, "kind", None), device=args.device, batch_size=args.batch_size, num_workers=args.workers, pool=args.pool, precision=args.precision, skip_bad=args.skip_bad, model=args.text_model)
+    progress = not args.quiet and sys.stderr.isatty()
+    r = embed_to_store(dataset, encoder, args.out, shard_size=args.shard_size, dtype=args.dtype, shard=args.shard, progress=progress, log=None if args.quiet else print)
+    state = "complete" if r["remaining"] == 0 else f"{r['remaining']} of {r['shards']} shards left (other --shard slices, or rerun to resume)"
+    print(f"dsquant embed: {r['n']} samples, {r['shards']} shards; wrote {r['written']} ({r['done_before']} were done) in {_fmt_seconds(r['seconds'])} -> {r['store']} ({state})")
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="summarise an output directory", description="Print what a compression run selected, per bin and per class, and its stage times.")
-    p.add_argument("dir", help="output directory of 'dsquant compress'")
+    p.add_argument("dir", help="output directory of 'dsquant compress', or an embedding store of 'dsquant embed'")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -377,9 +438,30 @@ def _cmd_compress(args) -> int:
     return 0
 
 
+def _store_info(path: str, as_json: bool) -> int:
+    from .embed.store import store_status
+
+    st = store_status(path)
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return 0
+    m = st["manifest"]
+    enc = m.get("encoder") or {}
+    bb = enc.get("backbone") if isinstance(enc.get("backbone"), dict) else {}
+    print(f"embedding store {path}: {m['n']} samples x {m['dim']} ({m['dtype']}), {len(m.get('classes') or [])} classes, from {m['source']['source']}")
+    print(f"  encoder: {bb.get('backbone', enc.get('encoder'))}" + (f", pooling {bb.get('pooling')}, precision {bb.get('precision')}" if bb else ""))
+    print(f"  shards: {st['done']} of {m['n_shards']} done ({m['shard_size']} rows each), {st['bytes'] / 1e6:.1f} MB" + (f"; first unfinished: {st['first_missing']}" if st["first_missing"] else ""))
+    if st["bad"]:
+        print(f"  unreadable samples skipped: {len(st['bad'])} (first: {st['bad'][0][1]}: {st['bad'][0][2]})")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from .artifact import read_output
+    from .embed.store import is_store
 
+    if is_store(args.dir):
+        return _store_info(args.dir, args.json)
     res = read_output(args.dir)
     m = res.manifest
     if args.json:
@@ -453,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"dsquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_compress(sub)
+    _add_embed(sub)
     _add_info(sub)
     _add_evaluate(sub)
     _add_benchmark(sub)
@@ -462,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (already reported)
         return int(exc.code or 0)
-    command = {"compress": _cmd_compress, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark, "export": _cmd_export, "train-mae": _cmd_train_mae}
+    command = {"compress": _cmd_compress, "embed": _cmd_embed, "info": _cmd_info, "evaluate": _cmd_evaluate, "benchmark": _cmd_benchmark, "export": _cmd_export, "train-mae": _cmd_train_mae}
     try:
         return command[args.command](args)
     except BrokenPipeError:  # `dsquant info DIR | head -1`: the reader went away

@@ -4,6 +4,7 @@ compress`` is a thin wrapper around it."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import sys
@@ -94,24 +95,51 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
     }, files
 
 
+def _check_streamed(dataset, encoder, selector, drop_ratio) -> None:
+    """Refuse, before any work, what a streamed image dataset cannot do yet.
+
+    Raises:
+        ValueError: naming the dataset and what to use instead.
+    """
+    n = len(dataset)
+    if not callable(getattr(encoder, "encode_rows", None)):
+        raise ValueError(
+            f"encoder: {dataset.source} is streamed ({n} images, decoded on demand) and the {encoder.name!r} encoder "
+            f"trains on the whole set in memory; use a pretrained encoder (--encoder hf:MODEL, torchscript:FILE, "
+            f"timm:NAME) or read it in memory (--in-memory --image-size S)"
+        )
+    if selector.needs_pixels:
+        raise ValueError(f"method: {selector.name!r} reads the images in memory (training or pixel scores); {dataset.source} is streamed ({n} images): use an embedding method (dq, dq-budget, herding, ...) or --in-memory")
+    if drop_ratio is not None:
+        raise ValueError("drop_ratio: pixel quantization of a streamed dataset is not supported yet; decode the selected subset first (dsquant export) or use --in-memory")
+
+
 def _shape(dataset) -> list[int] | None:
     if getattr(dataset, "kind", "") == "images":
-        return list(dataset.image_shape)
+        return None if getattr(dataset, "streamed", False) else list(dataset.image_shape)  # streamed: sizes vary
     if getattr(dataset, "kind", "") == "features":
         return [int(dataset.features.shape[1])]
     return None
 
 
+_DISTRIBUTIONS = {"torch": "torch", "scipy": "scipy", "sklearn": "scikit-learn", "PIL": "pillow", "sentence_transformers": "sentence-transformers", "transformers": "transformers"}
+
+
 def _versions() -> dict:
+    """Versions of the libraries a run may use, from the installed packages' metadata (importing
+    sentence-transformers only to read its version cost 15-20 s per run)."""
+    from importlib import metadata
+
     out = {"dsquant": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "scipy", "sklearn", "PIL", "sentence_transformers"):
+    for name, dist in _DISTRIBUTIONS.items():
         mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except ImportError:
-                continue
-        out[name] = getattr(mod, "__version__", "?")
+        if mod is not None and getattr(mod, "__version__", None):
+            out[name] = mod.__version__
+            continue
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return out
 
 
@@ -190,6 +218,8 @@ def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, 
             "schema": getattr(dataset, "schema", None),
             "group_by": group_by,
             "fingerprint": dataset.fingerprint(),
+            "streamed": bool(getattr(dataset, "streamed", False)),
+            "skipped_unreadable": getattr(dataset, "bad", None) or None,  # [row, id, message] (dsquant embed --skip-bad)
         },
         "embedding": emb_record or None,
         **({selector.name: selection.record} if selection.record is not None else {}),
@@ -242,6 +272,7 @@ def compress(
     text_max_tokens: int | None = None,
     template: str | None = None,
     group_by: str | None = None,
+    stream: bool | None = None,
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
@@ -308,6 +339,11 @@ def compress(
         template: the text embedded per record, a ``str.format`` template over its fields
             (default DQ's: instruction + input + output).
         group_by: a record field; its groups are binned separately, like classes.
+        stream: image folders and tars: True indexes them and decodes images on demand
+            (:mod:`dsquant.data.stream`; needs an encoder that embeds each image on its own:
+            ``hf:``, ``torchscript:``, ``timm:``, ``open_clip:``), False decodes them into
+            memory, None (default) streams from :data:`dsquant.data.STREAM_MIN_IMAGES` images.
+            ``data`` may also be an embedding store (``dsquant embed``), binned from its shards.
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.
         command: the command line, recorded in the manifest.
@@ -353,7 +389,7 @@ def compress(
         writer = AtomicOutput(out, overwrite=overwrite, protect=inputs, keep=[cache.root if use_cache else None]).open()
     try:
         t = time.perf_counter()
-        dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by)
+        dataset = read_dataset(data, split=split, image_size=image_size, labels=labels, cache=cache, progress=progress, template=template, group_by=group_by, stream=stream)
         timings["read"] = time.perf_counter() - t
         n = len(dataset)
         if n == 0:
@@ -368,6 +404,8 @@ def compress(
         from .embed import embed
 
         run_encoder = _encoder(dataset, encoder, **options)  # built now (checked), fitted when a method embeds
+        if getattr(dataset, "streamed", False):
+            _check_streamed(dataset, run_encoder, selector, drop_ratio)
         ctx = Context(
             dataset, ratio, seed,
             make_encoder=lambda: run_encoder,
@@ -409,6 +447,9 @@ def compress(
                 timings["total"] = time.perf_counter() - t_start
                 m["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
 
+            ids = getattr(dataset, "ids", None)
+            if ids is not None:
+                extra_files["ids.json"] = lambda path, ids=ids: path.write_text(json.dumps([str(x) for x in ids[indices]]) + "\n", encoding="utf-8")
             fill_output(writer.tmp, indices, bins, manifest, export=(dataset, export) if export else None, records=dataset if isinstance(dataset, TextDataset) else None, extra=extra_files, finalize=finalize)
             out_path = writer.commit()
         else:

@@ -32,18 +32,23 @@ class SubsetDataset(Dataset):
     """Item ``i`` is ``(image, label)`` of dataset index ``indices[i]``.
 
     Images are float32 tensors (C, H, W) in [0, 1] (or whatever ``transform`` returns when
-    given a uint8 (H, W, C) array); feature datasets give float32 feature vectors.
+    given a uint8 (H, W, C) array); feature datasets give float32 feature vectors. A streamed
+    dataset (:class:`~dsquant.data.StreamedImageDataset`) reads and decodes only the selected
+    images, each when asked for, resized (shorter side) and centre-cropped to ``image_size``.
 
     Args:
-        dataset: an :class:`~dsquant.data.ImageDataset` or :class:`~dsquant.data.FeatureDataset`.
+        dataset: an :class:`~dsquant.data.ImageDataset`, a streamed one, or a
+            :class:`~dsquant.data.FeatureDataset`.
         indices: (M,) int indices into ``dataset`` (e.g. ``CompressResult.indices``).
         transform: optional callable applied to each uint8 (H, W, C) image.
+        image_size: a streamed dataset's decoded size (default 224).
     """
 
-    def __init__(self, dataset, indices: np.ndarray, transform: Callable | None = None) -> None:
+    def __init__(self, dataset, indices: np.ndarray, transform: Callable | None = None, image_size: int | None = None) -> None:
         self.dataset = dataset
         self.indices = check_indices(indices, len(dataset))
         self.transform = transform
+        self.image_size = image_size or 224
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -53,7 +58,10 @@ class SubsetDataset(Dataset):
         label = -1 if self.dataset.labels is None else int(self.dataset.labels[j])
         if getattr(self.dataset, "kind", "") == "features":
             return torch.as_tensor(np.asarray(self.dataset.features[j], dtype=np.float32)), label
-        img = self.dataset.images[j]
+        if getattr(self.dataset, "streamed", False):
+            img = self.dataset.decode(j, self.image_size, self.image_size)
+        else:
+            img = self.dataset.images[j]
         if self.transform is not None:
             return self.transform(img), label
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0), label
@@ -96,4 +104,4 @@ def load_subset(out_dir: str | os.PathLike, data=None, transform: Callable | Non
     if len(out.indices) == 0:
         raise ValueError(f"{out_dir}: the compressed set is empty (0 samples)")
     dataset = out.open_dataset(data)  # verifies the fingerprint
-    return SubsetDataset(dataset, out.indices, transform)
+    return SubsetDataset(dataset, out.indices, transform, (out.manifest.get("parameters") or {}).get("image_size"))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .features import FeatureDataset, load_array, read_features
 from .text import TEXT_SUFFIXES, TextDataset, read_text_records
+from .stream import STREAM_MIN_IMAGES, StreamedImageDataset, index_image_folder, index_image_tar, index_webdataset
 from .images import (
     DataError,
     ImageDataset,
@@ -40,9 +41,14 @@ __all__ = [
     "DataError",
     "FeatureDataset",
     "ImageDataset",
+    "STREAM_MIN_IMAGES",
+    "StreamedImageDataset",
     "TextDataset",
     "detect_format",
     "from_arrays",
+    "index_image_folder",
+    "index_image_tar",
+    "index_webdataset",
     "load_array",
     "load_dataset",
     "load_digits",
@@ -57,9 +63,24 @@ __all__ = [
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
+def _is_webdataset(path: Path, look: int = 32) -> bool:
+    """Whether one of the first ``look`` members of an uncompressed tar is a ``<key>.cls`` label."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for _, m in zip(range(look), tar):
+                if m.name.lower().endswith(".cls"):
+                    return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return False
+
+
 def detect_format(spec: str | os.PathLike) -> str:
-    """The reader for ``spec``: one of ``digits``, ``imagefolder``, ``tar``, ``cifar``, ``idx``,
-    ``features``, ``text``.
+    """The reader for ``spec``: one of ``digits``, ``imagefolder``, ``tar``, ``webdataset``
+    (a brace pattern of shards, or a tar whose first members include a ``.cls`` label),
+    ``cifar``, ``idx``, ``features``, ``text``, ``store`` (an embedding store directory).
 
     Raises:
         DataError: if the path does not exist, is neither a directory nor a regular file (a FIFO
@@ -70,8 +91,12 @@ def detect_format(spec: str | os.PathLike) -> str:
     path = Path(spec)
     name = path.name.lower()
     if not path.exists():
+        if "{" in str(spec) and ".tar" in name:
+            return "webdataset"  # a brace pattern of shards; index_webdataset names a missing one
         raise DataError(f"{path}: no such file or directory")
     if path.is_dir():
+        if (path / "store.json").is_file():  # dsquant.embed.store's manifest
+            return "store"
         if is_cifar_archive(path):
             return "cifar"
         if any("idx3-ubyte" in p.name for p in path.iterdir()):
@@ -85,7 +110,9 @@ def detect_format(spec: str | os.PathLike) -> str:
     if name.endswith(TEXT_SUFFIXES):
         return "text"
     if name.endswith(_TAR_SUFFIXES):
-        return "cifar" if is_cifar_archive(path) else "tar"
+        if is_cifar_archive(path):
+            return "cifar"
+        return "webdataset" if _is_webdataset(path) else "tar"
     raise DataError(
         f"{path}: unrecognised dataset format (expected 'digits', an image folder, a tar archive, "
         f"a CIFAR python archive, IDX files, .npy/.npz features, or .jsonl/.json text records)"
@@ -100,7 +127,8 @@ def load_dataset(
     progress: bool = False,
     template: str | None = None,
     group_by: str | None = None,
-) -> ImageDataset | FeatureDataset | TextDataset:
+    stream: bool | None = False,
+):
     """Read the dataset named by ``spec`` (a path, or ``"digits"``).
 
     Args:
@@ -110,6 +138,10 @@ def load_dataset(
         labels: labels file for a ``.npy`` feature matrix.
         progress: show progress bars.
         template, group_by: for text records (:func:`read_text_records`).
+        stream: image folders and tars: True gives a :class:`StreamedImageDataset` (an index,
+            images decoded on demand, :mod:`dsquant.data.stream`); False decodes into memory;
+            None streams from :data:`STREAM_MIN_IMAGES` images. WebDataset shards are always
+            streamed; an embedding store directory gives its :class:`~dsquant.embed.store.StoreDataset`.
 
     Raises:
         DataError: if the path is missing, unreadable or malformed; the message names the file.
@@ -117,6 +149,13 @@ def load_dataset(
     fmt = detect_format(spec)
     if fmt == "digits":
         return load_digits(split)
+    if fmt == "store":
+        from ..embed.store import open_store
+
+        return open_store(spec)
+    index = streamed_index(spec, fmt, split, stream)
+    if index is not None:
+        return index
     if fmt == "imagefolder":
         return read_image_folder(spec, split=split, image_size=image_size, progress=progress)
     if fmt == "tar":
@@ -128,6 +167,32 @@ def load_dataset(
     if fmt == "text":
         return read_text_records(spec, template=template, group_by=group_by)
     return read_features(spec, labels=labels)
+
+
+def streamed_index(spec, fmt: str, split: str, stream: bool | None) -> StreamedImageDataset | None:
+    """The streamed index of an image source of format ``fmt``, or None when it is to be read
+    in memory: ``stream`` False, or None (automatic) with fewer than :data:`STREAM_MIN_IMAGES`
+    images or a compressed tar. WebDataset shards are always streamed.
+
+    Raises:
+        DataError: as the index functions do (with ``stream`` True, a compressed tar).
+    """
+    if fmt == "webdataset":
+        return index_webdataset(spec, split=split)
+    if fmt not in ("imagefolder", "tar") or stream is False:
+        return None
+    if fmt == "imagefolder":
+        index = index_image_folder(spec, split=split)
+    elif stream:
+        index = index_image_tar(spec, split=split)
+    else:
+        try:
+            index = index_image_tar(spec, split=split)
+        except DataError as exc:
+            if "cannot stream a compressed tar" in str(exc):
+                return None
+            raise
+    return index if stream or len(index) >= STREAM_MIN_IMAGES else None
 
 
 from .cached import read_dataset  # noqa: E402  (uses detect_format and load_dataset above)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..cache import Cache, hash_key
 from ..errors import DataError
-from . import detect_format, load_dataset
+from . import detect_format, load_dataset, streamed_index
 from .features import FeatureDataset
 from .images import ImageDataset
 from .text import TextDataset
@@ -46,10 +46,16 @@ def read_dataset(
     progress: bool = False,
     template: str | None = None,
     group_by: str | None = None,
+    stream: bool | None = None,
 ):
     """Read ``data`` (a path, ``"digits"``, or a dataset object). Decoded image archives and
     folders are cached (keyed by a hash of the files' content), so a second run skips the
     decoding; a cache entry that does not hold a valid dataset is decoded again and overwritten.
+
+    ``stream``: for image folders and tars, True returns a streamed index
+    (:class:`~dsquant.data.StreamedImageDataset`, nothing decoded or cached), False decodes into
+    memory, None (default) streams from :data:`~dsquant.data.STREAM_MIN_IMAGES` images.
+    WebDataset shards are always streamed.
 
     Raises:
         DataError: if the dataset is missing, unreadable or malformed.
@@ -57,6 +63,9 @@ def read_dataset(
     if isinstance(data, (ImageDataset, FeatureDataset, TextDataset)) or hasattr(data, "fingerprint"):
         return data
     fmt = detect_format(data)
+    index = streamed_index(data, fmt, split, stream)
+    if index is not None:
+        return index
     if cache is None or fmt not in ("tar", "imagefolder", "cifar"):
         return load_dataset(data, split=split, image_size=image_size, labels=labels, progress=progress, template=template, group_by=group_by)
     try:

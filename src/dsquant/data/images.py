@@ -41,6 +41,7 @@ Inputs are not trusted. Every error is a :class:`DataError` whose one-line messa
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib
@@ -372,19 +373,14 @@ def _to_uint8(im: Image.Image, name: str) -> np.ndarray:
     return ((a + 128) // 257).astype(np.uint8)  # round(a / 257)
 
 
-def _decode(data: bytes, name: str, image_size: int | None) -> np.ndarray:
+@contextlib.contextmanager
+def decoding(name: str):
+    """Decode an image inside this: Pillow's decompression-bomb warning becomes an error, and
+    any failure a one-line :class:`DataError` naming ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                if im.mode in ("I", "F") or im.mode.startswith("I;"):
-                    im = Image.fromarray(_to_uint8(im, name), "L")
-                elif im.mode not in ("L", "RGB"):
-                    im = im.convert("L" if im.mode in _GREY else "RGB")
-                if image_size is not None:
-                    im = _resize_center_crop(im, image_size)
-                return np.asarray(im, dtype=np.uint8)
+            yield
     except DataError:
         raise
     except Image.UnidentifiedImageError:
@@ -392,6 +388,18 @@ def _decode(data: bytes, name: str, image_size: int | None) -> np.ndarray:
     except Exception as exc:  # Pillow raises many types on malformed data
         msg = " ".join(_BYTESIO.sub("", str(exc)).split()) or type(exc).__name__
         raise DataError(f"{name}: cannot decode image ({msg})") from None
+
+
+def _decode(data: bytes, name: str, image_size: int | None) -> np.ndarray:
+    with decoding(name), Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("I", "F") or im.mode.startswith("I;"):
+            im = Image.fromarray(_to_uint8(im, name), "L")
+        elif im.mode not in ("L", "RGB"):
+            im = im.convert("L" if im.mode in _GREY else "RGB")
+        if image_size is not None:
+            im = _resize_center_crop(im, image_size)
+        return np.asarray(im, dtype=np.uint8)
 
 
 def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
@@ -566,11 +574,7 @@ def read_image_folder(
             :data:`MAX_IMAGE_BYTES` or cannot be decoded.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    found, dirs = _folder_listing(root)
-    entries, split = _layout(found, split, str(root), dirs, lambda d: str(root.joinpath(*d)))
-    order, classes, labels = _index(entries)
+    entries, split, order, classes, labels = folder_entries(root, split)
 
     def reader(parts: list[str]) -> Callable[[], bytes]:
         return lambda: _read_regular(root.joinpath(*parts), MAX_IMAGE_BYTES, "an image file")
@@ -578,6 +582,21 @@ def read_image_folder(
     items = [(str(root.joinpath(*entries[i][0])), reader(entries[i][0])) for i in order]
     images = _decode_all(items, str(root), image_size, progress)
     return ImageDataset(images, labels, classes, str(root), split)
+
+
+def folder_entries(root: Path, split: str | None):
+    """The images of an ImageFolder's split in the readers' order: ``(entries, split, order,
+    classes, labels)``, entry ``order[i]`` (path parts, class) being sample i.
+
+    Raises:
+        DataError: if ``root`` is not a directory, or as :func:`_layout` does.
+    """
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    found, dirs = _folder_listing(root)
+    entries, split = _layout(found, split, str(root), dirs, lambda d: str(root.joinpath(*d)))
+    order, classes, labels = _index(entries)
+    return entries, split, order, classes, labels
 
 
 def _folder_listing(root: Path) -> tuple[list[list[str]], list[list[str]]]:

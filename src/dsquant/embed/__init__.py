@@ -13,16 +13,19 @@ from .proxy import ProxyEncoder, softmax_delta
 from .simple import IdentityEncoder, PixelEncoder, PrecomputedEncoder
 from .kmeans import KMeansFeatureEncoder
 from .text import SentenceEncoder
+from .pretrained_encoder import HFEncoder, OpenCLIPEncoder, PretrainedEncoder, TimmEncoder, TorchScriptEncoder
 
 __all__ = [
     "DEFAULT_ENCODERS",
     "ENCODERS",
     "Embedding",
     "Encoder",
+    "HFEncoder",
     "IdentityEncoder",
     "KMeansFeatureEncoder",
     "PixelEncoder",
     "PrecomputedEncoder",
+    "PretrainedEncoder",
     "ProxyEncoder",
     "SentenceEncoder",
     "cached_proxy",
@@ -37,7 +40,7 @@ __all__ = [
 _EMBED_VERSION = 1
 
 
-ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, KMeansFeatureEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder)}
+ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, KMeansFeatureEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder, HFEncoder, TorchScriptEncoder, TimmEncoder, OpenCLIPEncoder)}
 """Every encoder by name. A class here has ``name``, ``kinds`` (the data kinds it embeds:
 ``"images"``, ``"text"``, ``"features"``), ``summary`` (one line for ``--help``), ``argument``
 (what follows ``NAME:`` in a spec, e.g. ``PATH``, or None), ``cached`` (whether :func:`embed`

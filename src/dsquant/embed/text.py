@@ -150,6 +150,18 @@ class SentenceEncoder:
         out = model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True)
         return np.asarray(out, dtype=np.float32)
 
+    @property
+    def dim(self) -> int:
+        """The embedding dimension (loads the model)."""
+        return int(self.load(False).get_sentence_embedding_dimension())
+
+    def encode_rows(self, dataset, indices=None, progress: bool = False, bad: list | None = None) -> np.ndarray:
+        """(len(indices), d) float32 embeddings of the records ``indices`` (default all): each
+        text is embedded on its own, so any slice can be embedded separately (the embedding
+        store's shards)."""
+        texts = dataset.texts if indices is None else [dataset.texts[int(i)] for i in indices]
+        return self.encode_texts(texts, progress)
+
     def encode(self, dataset, progress: bool = False) -> Embedding:
         t = time.perf_counter()
         feats = self.encode_texts(dataset.texts, progress)

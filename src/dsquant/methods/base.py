@@ -116,11 +116,15 @@ class SelectionMethod:
         summary: one line for ``--help`` and the docs.
         needs_embedding: whether ``select`` uses the embedding (the benchmark keys a method's
             results by the encoder options only when it does).
+        needs_pixels: whether ``select`` reads the images in memory beyond the embedding
+            (training dynamics, ADQ's texture and contrastive scores): not possible on a
+            streamed dataset or an embedding store.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     needs_embedding: ClassVar[bool] = True
+    needs_pixels: ClassVar[bool] = False
 
     def config(self) -> dict:
         """The method's parameters, for the manifest (JSON-serialisable)."""

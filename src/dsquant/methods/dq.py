@@ -129,6 +129,7 @@ class ADQ(DQ):
 
     name = "adq"
     summary = "DQ's bins, per-bin shares from importance and size (Adaptive DQ, AAAI 2025)"
+    needs_pixels = True  # on images: texture representativeness and the contrastive encoder
 
     def __init__(
         self,

@@ -205,6 +205,7 @@ class _DynamicsMethod(SelectionMethod):
     """
 
     needs_embedding = True
+    needs_pixels = True  # on images the dynamics train on them
     largest = True  # keep the highest scores (the hardest / most uncertain)
 
     def __init__(self, epochs: int = DEFAULT_EPOCHS, n_runs: int = DEFAULT_RUNS, balance: bool = True) -> None:

@@ -1,0 +1,416 @@
+"""A sharded, resumable embedding store: ``dsquant embed DATA --encoder ... --out STORE``.
+
+Layout of ``STORE/``::
+
+    store.json               the manifest, written once when the store is created: format and
+                             version, N, dim, dtype, shard size, encoder config and its hash,
+                             preprocessing, the source (path, format, split, fingerprint), classes
+    ids.npy                  (N,) str: every sample's stable id (path, tar member, WebDataset key)
+    labels.npy               (N,) int64 class ids
+    shard-00000.npy          (rows, dim) float16 or float32 features of rows [start, stop)
+    shard-00000.json         the shard's completion record, written last: rows, SHA-256 of the
+                             features file, unreadable samples (with ``skip_bad``), seconds
+
+A shard is done when its record exists and names a features file of the right size; a killed
+run leaves at most a ``*.tmp-*`` file, and the next run (same command) embeds exactly the shards
+not done. Shards are independent, so ``--shard i/N`` (shards k with ``k % N == i``) spreads the
+work over the processes of a job array writing into one store on a shared file system: the
+manifest is created once (by a hard link, which fails if another process created it first, and
+then must agree), and every file is written to a temporary name and renamed.
+
+Reading: :func:`open_store` checks the manifest and every shard record, and gives a
+:class:`StoreDataset` whose ``features`` are a :class:`ShardedArray`: rows are read from the
+memory-mapped shards only when indexed, so bins are generated class by class without loading the
+store whole (about ``N * dim * 2`` bytes for float16 would otherwise be needed). Unreadable
+samples skipped while embedding (``skip_bad``) are left out of the dataset and named in its
+``bad`` list; ids keep every sample's identity.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import hash_key
+from ..errors import DataError
+
+__all__ = ["STORE_FORMAT", "ShardedArray", "StoreDataset", "embed_to_store", "is_store", "open_store", "parse_shard", "store_status"]
+
+STORE_FORMAT = "dsquant-embedding-store"
+STORE_VERSION = 1
+MANIFEST = "store.json"
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N.
+
+    Raises:
+        ValueError: naming the text and the expected form.
+    """
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard: expected i/N with integers 0 <= i < N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard: expected i/N with 0 <= i < N, got {text!r}")
+    return i, n
+
+
+def is_store(path) -> bool:
+    """Whether ``path`` is a directory holding an embedding store manifest."""
+    p = Path(path)
+    return p.is_dir() and (p / MANIFEST).is_file()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    from ..data.images import check_regular_file
+
+    size = check_regular_file(path)
+    if size > MAX_MANIFEST_BYTES:
+        raise DataError(f"{path}: {size} bytes is more than the {MAX_MANIFEST_BYTES}-byte limit for {what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+class ShardedArray:
+    """A read-only (N, d) array over the store's shard files, read on indexing.
+
+    Supports what bin generation needs: ``shape``, ``ndim``, ``dtype`` (float32: rows are
+    converted when read), ``len``, and indexing by an integer, a slice or an integer array
+    (rows in the order asked). ``np.asarray`` reads it whole (N * d * 4 bytes).
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, files: list[Path], starts: np.ndarray, n: int, dim: int) -> None:
+        self.files, self.starts, self.shape = files, np.asarray(starts, dtype=np.int64), (int(n), int(dim))
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _map(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        if m is None:
+            m = self._maps[k] = np.load(self.files[k], mmap_mode="r", allow_pickle=False)
+        return m
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        if len(rows) == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard[order])) + 1
+        for part in np.split(order, bounds):
+            k = int(shard[part[0]])
+            local = rows[part] - self.starts[k]
+            out[part] = self._map(k)[local]  # a copy of those rows only
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._gather(np.array([int(key) % self.shape[0] if key < 0 else int(key)]))[0]
+        if isinstance(key, slice):
+            return self._gather(np.arange(*key.indices(self.shape[0]), dtype=np.int64))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"ShardedArray: index with an int, a slice or a 1-D integer array, got {type(key).__name__}")
+        return self._gather(rows.astype(np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._gather(np.arange(self.shape[0], dtype=np.int64))
+        return a if dtype is None else a.astype(dtype)
+
+
+@dataclass
+class StoreDataset:
+    """The embeddings of a store as a feature dataset (what ``dsquant compress STORE`` bins).
+
+    Attributes:
+        features: (N', d) :class:`ShardedArray` (float32 rows), N' the readable samples.
+        labels: (N',) int64 class ids.
+        classes: class names.
+        ids: (N',) str stable ids of the samples.
+        rows: (N',) int64 row of each sample in the store (differs from 0..N'-1 only when
+            unreadable samples were skipped).
+        bad: ``[row, id, message]`` of every skipped sample.
+        source: the store directory; ``manifest`` its manifest.
+    """
+
+    features: ShardedArray
+    labels: np.ndarray
+    classes: list[str]
+    ids: np.ndarray
+    rows: np.ndarray
+    bad: list
+    source: str
+    manifest: dict = field(repr=False)
+    split: str = "train"
+
+    kind = "features"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """The manifest's encoder and source, and every shard's SHA-256 (nothing re-read)."""
+        return hash_key({"store": self.manifest.get("encoder_hash"), "source": self.manifest.get("source"), "shards": self.manifest.get("shard_sha256"), "rows": len(self.rows)})
+
+
+def open_store(path, allow_partial: bool = False) -> StoreDataset:
+    """Open a finished store for reading.
+
+    Raises:
+        DataError: if ``path`` has no readable manifest, the manifest is not a store's, its
+            ids/labels do not match it, or a shard is unfinished or its file has the wrong size
+            (the message says how many shards remain and how to resume).
+    """
+    root = Path(path)
+    m = _read_json(root / MANIFEST, "embedding store manifest")
+    if m.get("format") != STORE_FORMAT or m.get("version") != STORE_VERSION:
+        raise DataError(f"{root / MANIFEST}: not a dsquant embedding store of version {STORE_VERSION} (format {m.get('format')!r}, version {m.get('version')!r})")
+    n, dim, size = int(m["n"]), int(m["dim"]), int(m["shard_size"])
+    n_shards = -(-n // size)
+    ids = np.load(root / "ids.npy", allow_pickle=False)
+    labels = np.load(root / "labels.npy", allow_pickle=False)
+    if ids.shape != (n,) or labels.shape != (n,):
+        raise DataError(f"{root}: ids.npy {ids.shape} and labels.npy {labels.shape} do not match the manifest's {n} samples")
+    files, starts, missing, bad, shas = [], [], [], [], []
+    for k in range(n_shards):
+        rec = _shard_record(root, k, m)
+        if rec is None:
+            missing.append(k)
+            continue
+        files.append(root / f"{_shard_name(k)}.npy")
+        starts.append(k * size)
+        bad.extend(rec.get("bad", []))
+        shas.append(rec.get("sha256"))
+    if missing and not allow_partial:
+        raise DataError(
+            f"{root}: {len(missing)} of {n_shards} shards are not finished (first: {_shard_name(missing[0])}); "
+            f"run the same 'dsquant embed' command again to resume"
+        )
+    feats = ShardedArray(files, np.array(starts), n, dim)
+    keep = np.ones(n, dtype=bool)
+    keep[[int(r) for r, _, _ in bad]] = False
+    rows = np.flatnonzero(keep)
+    m = dict(m, shard_sha256=shas)
+    if len(rows) < n:  # skipped samples leave the dataset; a view keeps the others' rows
+        feats = _RowView(feats, rows)
+    classes = [str(c) for c in m.get("classes", [])]
+    return StoreDataset(feats, labels[rows].astype(np.int64), classes, ids[rows], rows, bad, str(root), m, m.get("source", {}).get("split") or "train")
+
+
+class _RowView(ShardedArray):
+    """Rows ``rows`` of a :class:`ShardedArray`."""
+
+    def __init__(self, base: ShardedArray, rows: np.ndarray) -> None:
+        self.base, self.rows, self.shape = base, rows, (len(rows), base.shape[1])
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        return self.base._gather(self.rows[rows])
+
+
+def _shard_record(root: Path, k: int, manifest: dict) -> dict | None:
+    """The shard's completion record when the shard is done (its features file has the size the
+    record and the manifest say), else None."""
+    rec_path = root / f"{_shard_name(k)}.json"
+    feat_path = root / f"{_shard_name(k)}.npy"
+    if not rec_path.is_file() or not feat_path.is_file():
+        return None
+    rec = _read_json(rec_path, "shard record")
+    n, size = int(manifest["n"]), int(manifest["shard_size"])
+    rows = min(size, n - k * size)
+    if rec.get("rows") != rows or rec.get("bytes") != feat_path.stat().st_size:
+        return None
+    return rec
+
+
+def store_status(path) -> dict:
+    """A store's manifest and progress: ``{"manifest", "done", "first_missing", "bytes", "bad"}``
+    (``first_missing`` the first unfinished shard's name or None; ``bad`` the skipped samples).
+
+    Raises:
+        DataError: if ``path`` has no readable store manifest.
+    """
+    root = Path(path)
+    m = _read_json(root / MANIFEST, "embedding store manifest")
+    if m.get("format") != STORE_FORMAT:
+        raise DataError(f"{root / MANIFEST}: not a dsquant embedding store (format {m.get('format')!r})")
+    done, first, total, bad = 0, None, 0, []
+    for k in range(int(m["n_shards"])):
+        rec = _shard_record(root, k, m)
+        if rec is None:
+            first = first or _shard_name(k)
+            continue
+        done += 1
+        total += int(rec["bytes"])
+        bad.extend(rec.get("bad", []))
+    return {"manifest": m, "done": done, "first_missing": first, "bytes": total, "bad": bad}
+
+
+def _source_record(dataset) -> dict:
+    from ..data import detect_format
+
+    src = str(getattr(dataset, "source", "<object>"))
+    fmt = getattr(dataset, "format", None)
+    if fmt is None:
+        try:
+            fmt = detect_format(src)
+        except DataError:
+            fmt = "object"
+    return {"source": src, "format": fmt, "split": getattr(dataset, "split", None), "fingerprint": dataset.fingerprint()}
+
+
+def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.ndarray) -> dict:
+    """Create the store's manifest, ids and labels, or check an existing store agrees."""
+    path = root / MANIFEST
+    if path.exists():
+        old = _read_json(path, "embedding store manifest")
+        for key in ("format", "n", "dim", "dtype", "shard_size", "encoder_hash", "source"):
+            if old.get(key) != manifest.get(key):
+                raise DataError(
+                    f"{root}: holds a store of other embeddings ({key}: {old.get(key)!r} there, {manifest.get(key)!r} now); "
+                    f"use another --out, or delete that store yourself"
+                )
+        return old
+    if root.exists() and any(root.iterdir()):
+        raise DataError(f"{root}: exists and is not an embedding store (no {MANIFEST}); dsquant writes a store only into a new or empty directory")
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / "ids.npy", lambda f: np.save(f, ids, allow_pickle=False))
+    _write_atomic(root / "labels.npy", lambda f: np.save(f, labels, allow_pickle=False))
+    tmp = root / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)  # fails if another process created the manifest first
+    except FileExistsError:
+        return _create_or_check(root, manifest, ids, labels)
+    finally:
+        tmp.unlink()
+    return manifest
+
+
+def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16", shard: tuple[int, int] = (0, 1), progress: bool = False, log=None) -> dict:
+    """Embed ``dataset`` with ``encoder`` into the store ``out``, resuming: shards already done
+    are kept, the others (those of ``shard = (i, N)``: ``k % N == i``) are embedded.
+
+    Args:
+        dataset: a streamed or in-memory image dataset, or a text dataset.
+        encoder: an encoder with ``encode_rows(dataset, indices, progress, bad)`` and ``dim``
+            (pretrained image backbones, the sentence encoder, pixels).
+        out: the store directory (new, empty, or a store of the same embeddings).
+        shard_size: rows per shard.
+        dtype: ``"float16"`` (default; half the bytes, relative error about 5e-4) or ``"float32"``.
+        shard: ``(i, N)``: embed only the shards k with ``k % N == i``.
+        progress: progress bars. log: called with one line per shard written.
+
+    Returns:
+        ``{"store", "n", "shards", "done_before", "written", "remaining", "seconds"}``.
+
+    Raises:
+        ValueError: on an encoder that cannot embed rows independently, a bad dtype or shard.
+        DataError: if ``out`` holds something else, or an image is unreadable (without skip_bad).
+    """
+    from .. import __version__
+
+    if not callable(getattr(encoder, "encode_rows", None)):
+        raise ValueError(f"encoder: {getattr(encoder, 'name', encoder)!r} embeds the whole dataset at once (it trains on it); a store needs an encoder that embeds every sample on its own (hf:, torchscript:, timm:, open_clip:, sentence, pixels)")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype: expected 'float16' or 'float32', got {dtype!r}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size: expected a positive number of rows, got {shard_size!r}")
+    i, n_parts = shard
+    root = Path(out)
+    n = len(dataset)
+    config = encoder.config()
+    labels = getattr(dataset, "labels", None)
+    labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    ids = np.asarray(getattr(dataset, "ids", None) if getattr(dataset, "ids", None) is not None else np.arange(n).astype(str))
+    manifest = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "n": n,
+        "dim": int(encoder.dim),
+        "dtype": dtype,
+        "shard_size": int(shard_size),
+        "n_shards": -(-n // shard_size),
+        "encoder": config,
+        "encoder_hash": hash_key(config),
+        "preprocessing": config.get("preprocessing"),
+        "source": _source_record(dataset),
+        "classes": list(getattr(dataset, "classes", []) or []),
+        "dsquant_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest = _create_or_check(root, manifest, ids, labels)
+    n_shards = manifest["n_shards"]
+    mine = [k for k in range(n_shards) if k % n_parts == i]
+    todo = [k for k in mine if _shard_record(root, k, manifest) is None]
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    for k in tqdm(todo, desc="shards", unit="shard", disable=not progress or len(todo) < 2):
+        t = time.perf_counter()
+        rows = np.arange(k * shard_size, min(n, (k + 1) * shard_size), dtype=np.int64)
+        bad: list = []
+        feats = encoder.encode_rows(dataset, rows, progress=progress, bad=bad).astype(dtype)
+        path = root / f"{_shard_name(k)}.npy"
+        _write_atomic(path, lambda f: np.save(f, feats, allow_pickle=False))
+        rec = {
+            "shard": k, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "rows": len(rows),
+            "bytes": path.stat().st_size, "sha256": _sha256(path),
+            "bad": [[int(r), str(ids[r]), msg] for r, msg in bad],
+            "seconds": round(time.perf_counter() - t, 3),
+        }
+        _write_atomic(root / f"{_shard_name(k)}.json", lambda f: f.write((json.dumps(rec) + "\n").encode()))
+        if log is not None:
+            log(f"{_shard_name(k)}: rows {rec['start']}-{rec['stop'] - 1} in {rec['seconds']:.1f} s" + (f", {len(bad)} unreadable skipped" if bad else ""))
+    remaining = sum(_shard_record(root, k, manifest) is None for k in range(n_shards))
+    return {"store": str(root), "n": n, "shards": n_shards, "done_before": len(mine) - len(todo), "written": len(todo), "remaining": remaining, "seconds": round(time.perf_counter() - t0, 3)}

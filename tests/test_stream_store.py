@@ -301,3 +301,30 @@ def test_streamed_data_refuses_encoders_and_methods_that_need_it_in_memory(folde
         compress(folder, ratio=0.25, n_bins=2, stream=True, use_cache=False)
     with pytest.raises(ValueError, match="'el2n' reads the images in memory"):
         compress(folder, ratio=0.25, method="el2n", n_bins=2, encoder=f"hf:{tiny_hf}", stream=True, use_cache=False)
+
+
+def test_default_decoding_workers_follow_the_encoder_device(monkeypatch):
+    from dsquant.data import stream
+
+    monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert (stream.default_workers("cuda:0"), stream.default_workers("cpu"), stream.default_workers(None)) == (15, 8, 8)
+    monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (stream.default_workers("cuda"), stream.default_workers("cpu")) == (1, 1)
+
+
+def test_gradient_embedding_on_a_pretrained_backbone(folder, tiny_hf):
+    """DQ's embedding on a pretrained backbone: a linear head fitted on its features; the rows
+    of delta = softmax - onehot sum to zero, are negative at the true class only, and the fitted
+    head classifies better than chance."""
+    from dsquant.embed import make_encoder
+
+    ds = read_image_folder(folder)
+    enc = make_encoder(f"hf:{tiny_hf}", "images", embedding="gradient", num_workers=0, precision="float32")
+    emb = enc.encode(ds)
+    assert emb.kind == "gradient" and emb.delta.shape == (12, 3) and emb.features.shape == (12, 16)
+    assert np.allclose(emb.delta.sum(1), 0, atol=1e-5)
+    true = emb.delta[np.arange(12), ds.labels]
+    assert np.all(true <= 0) and np.all(np.delete(emb.delta, ds.labels + 3 * np.arange(12)) >= 0)
+    probs = emb.delta + np.eye(3)[ds.labels]  # softmax of the fitted head
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.mean(np.argmax(probs, 1) == ds.labels) > 0.5  # fits its own training set (chance: 1/3)

@@ -438,13 +438,16 @@ def _collate(items):
     return pos, stacked, errors
 
 
-def default_workers() -> int:
-    """Decoding worker processes by default: half the cores this process may use (at least 1,
-    at most 8): the other half runs the encoder."""
+def default_workers(device=None) -> int:
+    """Decoding worker processes by default: with a CUDA encoder every core this process may
+    use but one (at most 16), since decoding then limits the speed; with a CPU encoder half of
+    them (at least 1, at most 8), the other half running the encoder."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    if device is not None and str(device).startswith("cuda"):
+        return max(1, min(16, cores - 1))
     return max(1, min(8, cores // 2))
 
 
@@ -460,6 +463,7 @@ def iter_image_batches(
     bad: list | None = None,
     progress: bool = False,
     as_numpy: bool = False,
+    device=None,
 ) -> Iterator[tuple[np.ndarray, object]]:
     """Decode ``dataset``'s images (streamed or in memory) in batches, in worker processes.
 
@@ -469,7 +473,8 @@ def iter_image_batches(
         resize, crop, interpolation: the transform (:func:`resize_center_crop`).
         indices: which samples, in this order (default all).
         batch_size: images per batch.
-        num_workers: decoding processes (default :func:`default_workers`; 0 decodes here).
+        num_workers: decoding processes (default :func:`default_workers` for ``device``, the
+            encoder's; 0 decodes here).
         skip_bad: leave out images that cannot be read or decoded, appending ``(index, message)``
             to ``bad``, instead of raising.
         progress: show a progress bar (images/s).
@@ -487,7 +492,7 @@ def iter_image_batches(
     from tqdm.auto import tqdm
 
     idx = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    workers = default_workers() if num_workers is None else num_workers
+    workers = default_workers(device) if num_workers is None else num_workers
     workers = min(workers, max(0, len(idx) // batch_size))  # no process for a batch or two
     loader = DataLoader(
         _Decoded(dataset, idx, resize, crop, interpolation), batch_size=batch_size, shuffle=False,

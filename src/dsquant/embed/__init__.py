@@ -176,14 +176,14 @@ def embed(encoder: Encoder, dataset, cache: Cache | None = None, progress: bool 
             return emb, {"key": key, "cached": True, "seconds": round(time.perf_counter() - t0, 3)}
     emb = encoder.encode(dataset, progress=progress)
     if cache is not None:
-        arrays = dict(emb.arrays())
-        arrays["features"] = np.asarray(arrays["features"])
-        arrays["kind"] = np.array(emb.kind)
-        arrays["info"] = Cache.pack_json(emb.info)
         if isinstance(encoder, ProxyEncoder) and encoder.model is not None:
             from .proxy import state_to_arrays
 
             cache.save("proxy", key, state_to_arrays(encoder.model))
-        if getattr(encoder, "cached", True):
+        if getattr(encoder, "cached", True):  # not before: an uncached store's rows stay on disk
+            arrays = dict(emb.arrays())
+            arrays["features"] = np.asarray(arrays["features"])
+            arrays["kind"] = np.array(emb.kind)
+            arrays["info"] = Cache.pack_json(emb.info)
             cache.save("embeddings", key, arrays)
     return emb, {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3)}

@@ -70,7 +70,8 @@ class PretrainedEncoder:
             (a file), ``timm:`` or ``open_clip:`` (a name, optionally ``:CHECKPOINT``).
         device: torch device (default CUDA when present).
         batch_size: images per forward pass.
-        num_workers: decoding processes (default half the usable cores).
+        num_workers: decoding processes (default: all usable cores but one with a CUDA backbone,
+            half of them on the CPU; :func:`dsquant.data.stream.default_workers`).
         pool: ``"auto"`` (per model family, see :func:`dsquant.embed.pretrained.load_backbone`),
             ``"cls"``, ``"mean"`` or ``"pooler"``.
         precision: ``"auto"`` (bf16 autocast on CPUs with AMX/AVX512-BF16, fp16/bf16 on CUDA) or
@@ -137,7 +138,7 @@ class PretrainedEncoder:
         out = np.zeros((len(idx), bb.dim), dtype=np.float32)
         mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        for pos, batch in iter_image_batches(dataset, prep.resize, prep.crop, prep.interpolation, indices=idx, batch_size=self.batch_size, num_workers=self.num_workers, skip_bad=self.skip_bad, bad=bad, progress=progress):
+        for pos, batch in iter_image_batches(dataset, prep.resize, prep.crop, prep.interpolation, indices=idx, batch_size=self.batch_size, num_workers=self.num_workers, skip_bad=self.skip_bad, bad=bad, progress=progress, device=bb.device):
             x = (batch.permute(0, 3, 1, 2).float() - mean) / std
             out[pos] = bb(x).numpy()
         return out

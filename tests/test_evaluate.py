@@ -138,3 +138,26 @@ def test_preset_augmentation_reaches_the_training(monkeypatch):
         preset = Preset("t", ("mlp",), epochs=1, augment=augment)
         train_and_test(train, np.arange(40), test, "mlp", preset, seed=0)
     assert seen == [True, False]
+
+
+def test_import_results_adds_a_results_csv_once_and_refuses_other_files(tmp_path):
+    import csv
+
+    from dsquant.data import DataError
+    from dsquant.evaluate.grid import RESULT_COLUMNS, _rows, import_results
+
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RESULT_COLUMNS)
+        w.writerow(["fm", "random", 0.1, "mlp", 0, "lowbudget", 0.8125, 600, 30, 10, 4.5, "{}", "abc"])
+        w.writerow(["fm", "dq", 0.1, "mlp", 0, "lowbudget", 0.8250, 600, 30, 10, 5.5, '{"n_bins": 10}', "abc"])
+    db = tmp_path / "out" / "results.sqlite"
+    assert import_results(db, path, log=lambda *_: None) == 2
+    assert import_results(db, path, log=lambda *_: None) == 0  # the same cells: kept, not doubled
+    rows = sorted(_rows(db), key=lambda r: r["method"])
+    assert [(r["method"], r["accuracy"], r["seed"], r["options"]) for r in rows] == [("dq", 0.825, 0, '{"n_bins": 10}'), ("random", 0.8125, 0, "{}")]
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="other.csv: not a dsquant results.csv"):
+        import_results(db, bad)

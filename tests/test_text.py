@@ -124,3 +124,23 @@ def test_adq_on_text_uses_embedding_scores(tmp_path):
     assert len(res.indices) == 6
     assert "embedding" in res.manifest["adq"]["representativeness"]
     assert "no views" in res.manifest["adq"]["diversity"]
+
+
+def test_text_embedding_store_resumes_and_matches_the_encoder(tmp_path):
+    """The embedding store serves text: `dsquant embed RECORDS --encoder sentence` writes shards
+    whose rows are the sentence encoder's own embeddings, resumable like image stores."""
+    from dsquant.cli import main
+    from dsquant.embed import SentenceEncoder
+    from dsquant.embed.store import open_store
+
+    records = [{"instruction": f"Task {i}: {w}", "input": "", "output": w * (i % 3 + 1)} for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"])]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "store"
+    assert main(["embed", str(path), "--encoder", "sentence", "--out", str(out), "--shard-size", "4", "--dtype", "float32", "--quiet"]) == 0
+    (out / "shard-00001.json").unlink()
+    assert main(["embed", str(path), "--encoder", "sentence", "--out", str(out), "--shard-size", "4", "--dtype", "float32", "--quiet"]) == 0
+    st = open_store(out)
+    want = SentenceEncoder().encode(read_text_records(path)).features
+    assert st.features.shape == (10, 384) and np.allclose(np.asarray(st.features), want, atol=1e-5)
+    assert st.ids.tolist() == [str(i) for i in range(10)]

@@ -123,6 +123,9 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--image-size",), dict(dest="image_size", type=_positive_int, help="resize and centre-crop images to this size")),
         (("--stream",), dict(dest="stream", action="store_const", const=True, default=None, help="image folders and tars: index them and decode images on demand (default from 200,000 images; needs an encoder that embeds each image on its own: hf:, torchscript:, timm:, open_clip:)")),
         (("--in-memory",), dict(dest="stream", action="store_const", const=False, help="image folders and tars: decode every image into memory, however many")),
+        (("--engine",), dict(dest="engine", choices=["local", "ray"], default="local", help="where bins are generated: local (default) or ray (one task per class on a Ray cluster: the same bins; pip install 'dsquant[ray]')")),
+        (("--address",), dict(dest="address", help="--engine ray: the cluster's address ('auto': the one this machine joined); default a local cluster")),
+        (("--partitions",), dict(dest="partitions", type=_positive_int, help="bin one unlabelled pool by partitioned greedy over P random parts (approximate; for pools larger than a machine; docs/distributed.md)")),
         (("--export",), dict(dest="export", choices=["imagefolder", "npz"], help="also write the subset itself")),
         (("--drop-ratio",), dict(dest="drop_ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")),
         (("--patch",), dict(dest="patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")),
@@ -180,6 +183,9 @@ def _add_embed(sub) -> None:
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="auto: bf16 autocast on CPUs with AMX/AVX512-BF16, mixed precision on CUDA (default); float32")
     p.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be decoded (listed in the shard records and in compress's manifest) instead of stopping")
     p.add_argument("--split", default="train", help="split to embed (default train)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray: shards embedded by a pool of Ray actors (the same store)")
+    p.add_argument("--address", help="--engine ray: the cluster's address ('auto': the one this machine joined); default a local cluster")
+    p.add_argument("--actors", type=_positive_int, help="--engine ray: actors in the pool (default one per GPU, else the cluster's CPUs less one)")
     p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model for --encoder sentence")
     p.add_argument("--template", help="text: what to embed per record (see compress --help)")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
@@ -210,7 +216,14 @@ def _cmd_embed(args) -> int:
         dataset = read_dataset(args.data, split=args.split, stream=False)
     encoder = make_encoder(args.encoder, getattr(dataset, "kind", None), device=args.device, batch_size=args.batch_size, num_workers=args.workers, pool=args.pool, precision=args.precision, skip_bad=args.skip_bad, model=args.text_model)
     progress = not args.quiet and sys.stderr.isatty()
-    r = embed_to_store(dataset, encoder, args.out, shard_size=args.shard_size, dtype=args.dtype, shard=args.shard, progress=progress, log=None if args.quiet else print)
+    if args.engine == "ray":
+        from .distributed import ray_embed
+
+        if args.shard != (0, 1):
+            raise ValueError("shard: --engine ray embeds every unfinished shard; --shard is for job arrays without Ray")
+        r = ray_embed(dataset, encoder, args.out, shard_size=args.shard_size, dtype=args.dtype, address=args.address, actors=args.actors, log=None if args.quiet else print)
+    else:
+        r = embed_to_store(dataset, encoder, args.out, shard_size=args.shard_size, dtype=args.dtype, shard=args.shard, progress=progress, log=None if args.quiet else print)
     state = "complete" if r["remaining"] == 0 else f"{r['remaining']} of {r['shards']} shards left (other --shard slices, or rerun to resume)"
     print(f"dsquant embed: {r['n']} samples, {r['shards']} shards; wrote {r['written']} ({r['done_before']} were done) in {_fmt_seconds(r['seconds'])} -> {r['store']} ({state})")
     return 0
@@ -273,6 +286,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), help="ADQ alpha (default: compress's)")
     p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], help="ADQ diversity encoder (default: compress's)")
     p.add_argument("--title", default="", help="title of the report and plot")
+    p.add_argument("--import", dest="import_csv", nargs="+", metavar="CSV", help="first add the trainings of these results.csv files (from other runs) to OUT's database: their cells are not run again and the reports include them")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -313,6 +327,11 @@ def _cmd_benchmark(args) -> int:
     ratios = args.ratios if args.ratios is not None else ([] if args.per_class else [0.01, 0.05, 0.1, 0.2])
     grid = Grid(args.data, args.methods, ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class)
     check_report_dir(args.out)  # before hours of training, not after
+    for csv_path in args.import_csv or []:
+        from .evaluate.grid import import_results
+
+        added = import_results(Path(args.out) / "results.sqlite", csv_path)
+        print(f"dsquant benchmark: imported {added} trainings from {csv_path}")
     db = run_grid(grid, args.out, args.device, progress=not args.quiet and sys.stderr.isatty())
     paths = write_reports(db, args.out, preset=args.preset, options=grid.options_key(), title=args.title)
     print(f"dsquant benchmark: wrote {', '.join(str(p) for p in paths.values())}")

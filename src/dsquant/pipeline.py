@@ -180,7 +180,7 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
     return paths
 
 
-def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, ratio, seed, enc_config, block_size, precision, split, image_size, group_by, command) -> dict:
+def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, ratio, seed, enc_config, block_size, precision, split, image_size, group_by, command, engine="local", partitions=None) -> dict:
     """The run's manifest (without the times and files, added when it is written)."""
     n, ds_labels = len(dataset), dataset.labels
     indices, bins = selection.indices, selection.bins
@@ -199,6 +199,8 @@ def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, 
             "lambda": 1.0,
             "similarity": "0.5 + 0.5 cos",
             "block_size": method_config.get("block_size", block_size),
+            "engine": engine,
+            "partitions": partitions,
             "precision": method_config.get("precision", precision),
             "split": split,
             "image_size": image_size,
@@ -273,6 +275,9 @@ def compress(
     template: str | None = None,
     group_by: str | None = None,
     stream: bool | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    partitions: int | None = None,
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
@@ -344,6 +349,12 @@ def compress(
             ``hf:``, ``torchscript:``, ``timm:``, ``open_clip:``), False decodes them into
             memory, None (default) streams from :data:`dsquant.data.STREAM_MIN_IMAGES` images.
             ``data`` may also be an embedding store (``dsquant embed``), binned from its shards.
+        engine: where bins are generated: ``"local"`` (this process) or ``"ray"`` (one Ray task
+            per class on the cluster at ``address``, or a local one: the same bins;
+            :mod:`dsquant.distributed`, needs ``dsquant[ray]``).
+        partitions: bin one unlabelled pool by partitioned greedy over this many random parts
+            (an approximation for pools larger than a machine;
+            :func:`dsquant.core.partitioned.partitioned_bins`), with ``engine`` running the parts.
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.
         command: the command line, recorded in the manifest.
@@ -365,6 +376,14 @@ def compress(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_ratio(ratio)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1):
+        raise ValueError(f"partitions: expected an integer >= 1, got {partitions!r}")
+    if engine == "ray":
+        from .distributed import _ray
+
+        _ray()  # not installed: say so before any work
     selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size)
     if drop_ratio is not None:
         from .pixels import n_kept
@@ -406,10 +425,20 @@ def compress(
         run_encoder = _encoder(dataset, encoder, **options)  # built now (checked), fitted when a method embeds
         if getattr(dataset, "streamed", False):
             _check_streamed(dataset, run_encoder, selector, drop_ratio)
+        bins_engine = None
+        if partitions is not None:
+            from .distributed import partitioned_engine
+
+            bins_engine = partitioned_engine(partitions, seed=seed, use_ray=engine == "ray", address=address)
+        elif engine == "ray":
+            from .distributed import ray_engine
+
+            bins_engine = ray_engine(address)
         ctx = Context(
             dataset, ratio, seed,
             make_encoder=lambda: run_encoder,
             embed=embed, cache=cache, device=device, progress=progress, proxy_seed=proxy_seed,
+            generate_bins=bins_engine,
         )
         selection = selector.select(ctx)
         indices, bins = selection.indices, selection.bins
@@ -437,7 +466,7 @@ def compress(
             pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {}, codec)
             timings["pixels"] = time.perf_counter() - t
 
-        manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command)
+        manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command, engine=engine, partitions=partitions)
         out_path = None
         if writer is not None:
             t = time.perf_counter()

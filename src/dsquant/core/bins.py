@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from .similarity import GradientEmbedding, make_kernel
 
-__all__ = ["generate_bins", "bin_sizes"]
+__all__ = ["generate_bins", "bin_sizes", "pool_bins", "plan_pools", "assemble_bins"]
 
 ProgressFn = Callable[[int], None]
 
@@ -279,6 +279,9 @@ class _PoolGreedy:
         self.buffer: np.ndarray | None = None
         self.whole_pool = False
         self.carry = None  # rows kept for the next bin: a _RowsState (whole pool) or held_rows()
+        # |sum_i u_i| of the coverage term; None: of this pool (the column sums' own). A part
+        # of a larger pool (core.partitioned) sets column_sums to <u_x, U_V> and this to |U_V|.
+        self.coverage_norm: float | None = None
         self.stats = {"contends": 0, "rescored": 0, "anchors": 0, "refreshes": 0, "rows": 0, "carried": 0, "carried_max": 0}
 
     def _capacity(self, width: int, dtype) -> int:
@@ -306,7 +309,8 @@ class _PoolGreedy:
         slack = tol + 1e-9 * scale  # rounding of the bounds on the scores outside A
         # the mean direction q = sum_i u_i / |sum_i u_i|: a_x = <u_x, q>, rho_x = |u_x - a_x q|
         total = float(self.column_sums.sum())
-        along = self.column_sums / np.sqrt(total) if total > 0 else np.zeros(n)
+        norm = self.coverage_norm if self.coverage_norm is not None else (np.sqrt(total) if total > 0 else 0.0)
+        along = self.column_sums / norm if norm > 0 else np.zeros(n)
         selfsim = kernel.self_similarity()
         across = np.sqrt(np.maximum(selfsim - along * along, 0.0)) * (1 + 1e-12) + 1e-12
         # exact float64 sum_{j in S} f_j (or its factors), added to by the compiled loop
@@ -417,6 +421,21 @@ class _PoolGreedy:
         return picked
 
 
+def pool_bins(features, sizes, *, lam: float = 1.0, block_size: int | None = None, memory: int = 2**31, dtype: type = np.float32, ordered: bool = False) -> list[np.ndarray]:
+    """The bins of one pool given their sizes: what :func:`generate_bins` computes for each
+    class, for engines that bin the classes elsewhere (:mod:`dsquant.distributed`).
+
+    Args:
+        features: the pool's (n, d) rows or :class:`~dsquant.core.similarity.GradientEmbedding`.
+        sizes: (K,) ints summing to n (a row of :func:`bin_sizes`).
+        ordered: the first K - 1 bins in the greedy's order instead of sorted.
+
+    Returns:
+        K int64 arrays of positions in the pool.
+    """
+    return _bins_of_pool(features, np.asarray(sizes), lam, block_size, dtype, None, memory, ordered)
+
+
 def _bins_of_pool(features, sizes, lam, block_size, dtype, progress, memory=2**31, ordered: bool = False) -> list[np.ndarray]:
     """Bins of one pool: local positions for each of the K bins, sorted (or, with ``ordered``,
     the first K - 1 in the order the greedy picked them)."""
@@ -485,6 +504,38 @@ def generate_bins(
 
     Source: ALGORITHMS.md sections 2-3; DQ (ICCV 2023) "dataset bin generation".
     """
+    n, groups, sizes = plan_pools(features, n_bins, labels, block_size=block_size, memory=memory, dtype=dtype)
+
+    def pool_bins(i: int) -> list[np.ndarray]:
+        group = groups[i]
+        part = (
+            features.take(group)
+            if isinstance(features, GradientEmbedding)
+            else np.asarray(features[group])
+        )
+        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress, memory, ordered=return_rank)
+        return [group[b] for b in local]
+
+    workers = min(len(groups), n_jobs if n_jobs is not None else (os.cpu_count() or 1))
+    if workers > 1:
+        # one BLAS thread per pool: the pools fill the cores, and the serial greedy steps of one
+        # pool overlap the matrix products of another
+        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+            per_pool = list(pool.map(pool_bins, range(len(groups))))
+    else:
+        per_pool = [pool_bins(i) for i in range(len(groups))]
+    return assemble_bins(per_pool, n, n_bins, return_rank)
+
+
+def plan_pools(features, n_bins: int, labels=None, *, block_size=None, memory: int = 2**31, dtype: type = np.float32) -> tuple[int, list[np.ndarray], np.ndarray]:
+    """Check :func:`generate_bins`' arguments and split the samples into pools: ``(N, pools,
+    sizes)``, pools the (sorted) indices of each class (or one pool without labels) and sizes
+    their (pools, K) bin sizes (:func:`bin_sizes`). Engines that bin the pools elsewhere
+    (:mod:`dsquant.distributed`) start here and end with :func:`assemble_bins`.
+
+    Raises:
+        ValueError: as :func:`generate_bins` documents.
+    """
     n = _check_features(features)
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins: expected an integer >= 1, got {n_bins!r}")
@@ -517,25 +568,12 @@ def generate_bins(
     if labels is None and n < n_bins:
         raise ValueError(f"n_bins: {n_bins} bins but only {n} samples")
     sizes = bin_sizes([len(g) for g in groups], n_bins)
+    return n, groups, sizes
 
-    def pool_bins(i: int) -> list[np.ndarray]:
-        group = groups[i]
-        part = (
-            features.take(group)
-            if isinstance(features, GradientEmbedding)
-            else np.asarray(features[group])
-        )
-        local = _bins_of_pool(part, sizes[i], lam, block_size, dtype, progress, memory, ordered=return_rank)
-        return [group[b] for b in local]
 
-    workers = min(len(groups), n_jobs if n_jobs is not None else (os.cpu_count() or 1))
-    if workers > 1:
-        # one BLAS thread per pool: the pools fill the cores, and the serial greedy steps of one
-        # pool overlap the matrix products of another
-        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
-            per_pool = list(pool.map(pool_bins, range(len(groups))))
-    else:
-        per_pool = [pool_bins(i) for i in range(len(groups))]
+def assemble_bins(per_pool: list[list[np.ndarray]], n: int, n_bins: int, return_rank: bool = False):
+    """The K bins (and ranks) of :func:`generate_bins` from every pool's bins in global indices
+    (each pool's first K - 1 bins in greedy order when ``return_rank``)."""
     bins = [
         np.sort(np.concatenate([p[k] for p in per_pool])).astype(np.int64)
         for k in range(n_bins)

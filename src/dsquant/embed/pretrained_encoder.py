@@ -95,6 +95,9 @@ class PretrainedEncoder:
         self.head_epochs, self.seed, self.skip_bad = head_epochs, seed, skip_bad
         self._backbone = None
 
+    def __getstate__(self) -> dict:  # sent to other processes (Ray actors): loaded there
+        return dict(self.__dict__, _backbone=None)
+
     @property
     def spec(self) -> str:
         return f"{self.name}:{self.location}"

@@ -41,7 +41,7 @@ import numpy as np
 from ..cache import hash_key
 from ..errors import DataError
 
-__all__ = ["STORE_FORMAT", "ShardedArray", "StoreDataset", "embed_to_store", "is_store", "open_store", "parse_shard", "store_status"]
+__all__ = ["STORE_FORMAT", "ShardedArray", "StoreDataset", "embed_to_store", "is_store", "open_store", "parse_shard", "pending_shards", "prepare_store", "store_status", "write_shard"]
 
 STORE_FORMAT = "dsquant-embedding-store"
 STORE_VERSION = 1
@@ -128,6 +128,13 @@ class ShardedArray:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __getstate__(self) -> dict:  # sent to other processes (Ray tasks): paths, not mapped data
+        return {k: v for k, v in self.__dict__.items() if k != "_maps"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._maps = {}
 
     def _map(self, k: int) -> np.ndarray:
         m = self._maps.get(k)
@@ -337,42 +344,29 @@ def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.nda
     return manifest
 
 
-def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16", shard: tuple[int, int] = (0, 1), progress: bool = False, log=None) -> dict:
-    """Embed ``dataset`` with ``encoder`` into the store ``out``, resuming: shards already done
-    are kept, the others (those of ``shard = (i, N)``: ``k % N == i``) are embedded.
-
-    Args:
-        dataset: a streamed or in-memory image dataset, or a text dataset.
-        encoder: an encoder with ``encode_rows(dataset, indices, progress, bad)`` and ``dim``
-            (pretrained image backbones, the sentence encoder, pixels).
-        out: the store directory (new, empty, or a store of the same embeddings).
-        shard_size: rows per shard.
-        dtype: ``"float16"`` (default; half the bytes, relative error about 5e-4) or ``"float32"``.
-        shard: ``(i, N)``: embed only the shards k with ``k % N == i``.
-        progress: progress bars. log: called with one line per shard written.
-
-    Returns:
-        ``{"store", "n", "shards", "done_before", "written", "remaining", "seconds"}``.
+def prepare_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16") -> tuple[Path, dict]:
+    """Create the store ``out`` for ``encoder``'s embeddings of ``dataset`` (manifest, ids,
+    labels), or check that an existing one holds the same: ``(root, manifest)``.
 
     Raises:
-        ValueError: on an encoder that cannot embed rows independently, a bad dtype or shard.
-        DataError: if ``out`` holds something else, or an image is unreadable (without skip_bad).
+        ValueError: on an encoder that cannot embed rows independently, a bad dtype or shard size.
+        DataError: if ``out`` holds something else.
     """
     from .. import __version__
 
     if not callable(getattr(encoder, "encode_rows", None)):
-        raise ValueError(f"encoder: {getattr(encoder, 'name', encoder)!r} embeds the whole dataset at once (it trains on it); a store needs an encoder that embeds every sample on its own (hf:, torchscript:, timm:, open_clip:, sentence, pixels)")
+        raise ValueError(f"encoder: {getattr(encoder, 'name', encoder)!r} embeds the whole dataset at once (it trains on it); a store needs an encoder that embeds every sample on its own (hf:, torchscript:, timm:, open_clip:, sentence)")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype: expected 'float16' or 'float32', got {dtype!r}")
     if shard_size < 1:
         raise ValueError(f"shard_size: expected a positive number of rows, got {shard_size!r}")
-    i, n_parts = shard
     root = Path(out)
     n = len(dataset)
     config = encoder.config()
     labels = getattr(dataset, "labels", None)
     labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    ids = np.asarray(getattr(dataset, "ids", None) if getattr(dataset, "ids", None) is not None else np.arange(n).astype(str))
+    ids = getattr(dataset, "ids", None)
+    ids = np.arange(n).astype(str) if ids is None else np.asarray(ids)
     manifest = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -389,28 +383,82 @@ def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str =
         "dsquant_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest = _create_or_check(root, manifest, ids, labels)
-    n_shards = manifest["n_shards"]
-    mine = [k for k in range(n_shards) if k % n_parts == i]
-    todo = [k for k in mine if _shard_record(root, k, manifest) is None]
+    return root, _create_or_check(root, manifest, ids, labels)
+
+
+def pending_shards(root, manifest: dict, shard: tuple[int, int] = (0, 1)) -> tuple[list[int], int]:
+    """The unfinished shards of slice ``shard = (i, N)`` (shards k with ``k % N == i``), and how
+    many of that slice were already done."""
+    i, n_parts = shard
+    mine = [k for k in range(int(manifest["n_shards"])) if k % n_parts == i]
+    todo = [k for k in mine if _shard_record(Path(root), k, manifest) is None]
+    return todo, len(mine) - len(todo)
+
+
+def write_shard(root, manifest: dict, dataset, encoder, k: int, progress: bool = False) -> dict:
+    """Embed shard ``k`` of the store at ``root`` and write it (features, then its record, each
+    to a temporary name and renamed); returns the record. Any process may run it, on any
+    machine that sees the store: what the Ray engine's actors do."""
+    root = Path(root)
+    t = time.perf_counter()
+    size, n = int(manifest["shard_size"]), int(manifest["n"])
+    rows = np.arange(k * size, min(n, (k + 1) * size), dtype=np.int64)
+    bad: list = []
+    feats = encoder.encode_rows(dataset, rows, progress=progress, bad=bad).astype(manifest["dtype"])
+    path = root / f"{_shard_name(k)}.npy"
+    _write_atomic(path, lambda f: np.save(f, feats, allow_pickle=False))
+    ids = getattr(dataset, "ids", None)
+    rec = {
+        "shard": k, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "rows": len(rows),
+        "bytes": path.stat().st_size, "sha256": _sha256(path),
+        "bad": [[int(r), str(ids[r]) if ids is not None else str(r), msg] for r, msg in bad],
+        "seconds": round(time.perf_counter() - t, 3),
+    }
+    _write_atomic(root / f"{_shard_name(k)}.json", lambda f: f.write((json.dumps(rec) + "\n").encode()))
+    return rec
+
+
+def shard_line(rec: dict) -> str:
+    """One line about a written shard, for logs."""
+    return f"{_shard_name(rec['shard'])}: rows {rec['start']}-{rec['stop'] - 1} in {rec['seconds']:.1f} s" + (f", {len(rec['bad'])} unreadable skipped" if rec["bad"] else "")
+
+
+def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16", shard: tuple[int, int] = (0, 1), progress: bool = False, log=None) -> dict:
+    """Embed ``dataset`` with ``encoder`` into the store ``out``, resuming: shards already done
+    are kept, the others (those of ``shard = (i, N)``: ``k % N == i``) are embedded here, one
+    after the other (:func:`dsquant.distributed.ray_embed` spreads them over a Ray cluster).
+
+    Args:
+        dataset: a streamed or in-memory image dataset, or a text dataset.
+        encoder: an encoder with ``encode_rows(dataset, indices, progress, bad)`` and ``dim``
+            (pretrained image backbones, the sentence encoder).
+        out: the store directory (new, empty, or a store of the same embeddings).
+        shard_size: rows per shard.
+        dtype: ``"float16"`` (default; half the bytes, relative error about 5e-4) or ``"float32"``.
+        shard: ``(i, N)``: embed only the shards k with ``k % N == i``.
+        progress: progress bars. log: called with one line per shard written.
+
+    Returns:
+        ``{"store", "n", "shards", "done_before", "written", "remaining", "seconds"}``.
+
+    Raises:
+        ValueError: on an encoder that cannot embed rows independently, a bad dtype or shard.
+        DataError: if ``out`` holds something else, or an image is unreadable (without skip_bad).
+    """
+    root, manifest = prepare_store(dataset, encoder, out, shard_size, dtype)
+    todo, done = pending_shards(root, manifest, shard)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
     for k in tqdm(todo, desc="shards", unit="shard", disable=not progress or len(todo) < 2):
-        t = time.perf_counter()
-        rows = np.arange(k * shard_size, min(n, (k + 1) * shard_size), dtype=np.int64)
-        bad: list = []
-        feats = encoder.encode_rows(dataset, rows, progress=progress, bad=bad).astype(dtype)
-        path = root / f"{_shard_name(k)}.npy"
-        _write_atomic(path, lambda f: np.save(f, feats, allow_pickle=False))
-        rec = {
-            "shard": k, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "rows": len(rows),
-            "bytes": path.stat().st_size, "sha256": _sha256(path),
-            "bad": [[int(r), str(ids[r]), msg] for r, msg in bad],
-            "seconds": round(time.perf_counter() - t, 3),
-        }
-        _write_atomic(root / f"{_shard_name(k)}.json", lambda f: f.write((json.dumps(rec) + "\n").encode()))
+        rec = write_shard(root, manifest, dataset, encoder, k, progress)
         if log is not None:
-            log(f"{_shard_name(k)}: rows {rec['start']}-{rec['stop'] - 1} in {rec['seconds']:.1f} s" + (f", {len(bad)} unreadable skipped" if bad else ""))
-    remaining = sum(_shard_record(root, k, manifest) is None for k in range(n_shards))
-    return {"store": str(root), "n": n, "shards": n_shards, "done_before": len(mine) - len(todo), "written": len(todo), "remaining": remaining, "seconds": round(time.perf_counter() - t0, 3)}
+            log(shard_line(rec))
+    return store_summary(root, manifest, done, len(todo), time.perf_counter() - t0)
+
+
+def store_summary(root, manifest: dict, done_before: int, written: int, seconds: float) -> dict:
+    """What :func:`embed_to_store` returns."""
+    n_shards = int(manifest["n_shards"])
+    remaining = sum(_shard_record(Path(root), k, manifest) is None for k in range(n_shards))
+    return {"store": str(root), "n": int(manifest["n"]), "shards": n_shards, "done_before": done_before, "written": written, "remaining": remaining, "seconds": round(seconds, 3)}

@@ -104,6 +104,9 @@ class SentenceEncoder:
         self.device = device
         self._model = None
 
+    def __getstate__(self) -> dict:  # sent to other processes (Ray actors): loaded there
+        return dict(self.__dict__, _model=None)
+
     def config(self) -> dict:
         path, how = resolve_model(self.model_name)
         cfg = {"encoder": self.name, "model": self.model_name, "resolved": how, "max_seq_length": self.max_seq_length}
@@ -153,7 +156,9 @@ class SentenceEncoder:
     @property
     def dim(self) -> int:
         """The embedding dimension (loads the model)."""
-        return int(self.load(False).get_sentence_embedding_dimension())
+        model = self.load(False)
+        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # renamed in 6.x
+        return int(get())
 
     def encode_rows(self, dataset, indices=None, progress: bool = False, bad: list | None = None) -> np.ndarray:
         """(len(indices), d) float32 embeddings of the records ``indices`` (default all): each

@@ -234,6 +234,44 @@ def run_grid(grid: Grid, out: str | os.PathLike, device=None, progress: bool = T
     return db
 
 
+def import_results(db: str | os.PathLike, csv_path: str | os.PathLike, log=print) -> int:
+    """Add the trainings of a ``results.csv`` (:data:`RESULT_COLUMNS`, as every benchmark report
+    writes it) to the database ``db``; a cell already there is kept. A later run then skips
+    those cells and its reports include them: how the rows of several runs (other machines,
+    other budgets) become one leaderboard. Returns the number of rows added.
+
+    Raises:
+        DataError: naming the file, if it is not a results.csv (another header) or a value does
+            not parse.
+    """
+    import csv
+
+    from ..errors import DataError
+
+    path = Path(csv_path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != RESULT_COLUMNS:
+            raise DataError(f"{path}: not a dsquant results.csv (expected the columns {', '.join(RESULT_COLUMNS)})")
+        rows = []
+        for line, values in enumerate(reader, start=2):
+            r = dict(zip(header, values))
+            try:
+                rows.append((r["dataset"], r["fingerprint"], r["method"], float(r["ratio"]), r["arch"], int(r["seed"]), r["preset"], r["options"],
+                             float(r["accuracy"]), int(r["n_train"]), int(r["epochs"]), int(r["batch_size"]), float(r["seconds"]), f"imported from {path.name}"))
+            except (KeyError, ValueError) as exc:
+                raise DataError(f"{path}: line {line}: {exc}") from None
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(Path(db), log)
+    before = con.total_changes
+    con.executemany("INSERT OR IGNORE INTO results (dataset, fingerprint, method, ratio, arch, seed, preset, options, accuracy, n_train, epochs, batch_size, seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    con.commit()
+    added = con.total_changes - before
+    con.close()
+    return added
+
+
 def _rows(db: Path, preset: str | None = None, options: str | None = None) -> list[dict]:
     """Result rows; with ``options``, dq/adq rows of those compress options (random and full
     rows do not depend on them)."""

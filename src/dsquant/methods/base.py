@@ -66,9 +66,14 @@ class Context:
         cache, device, progress: the run's cache, torch device and progress-bar switch.
         timings: wall seconds of the stages, in order; methods add theirs (``bins``,
             ``scores``, ``sample``) with :meth:`timed`.
+        generate_bins: the bin engine, :func:`dsquant.generate_bins`'s signature (default it;
+            :func:`dsquant.distributed.engine` gives the Ray one, or partitioned greedy).
     """
 
-    def __init__(self, dataset, ratio: float, seed: int, make_encoder: Callable[[], Any], embed: Callable, cache=None, device=None, progress: bool = False, proxy_seed: int | None = None) -> None:
+    def __init__(self, dataset, ratio: float, seed: int, make_encoder: Callable[[], Any], embed: Callable, cache=None, device=None, progress: bool = False, proxy_seed: int | None = None, generate_bins: Callable | None = None) -> None:
+        from ..core.bins import generate_bins as exact_bins
+
+        self.generate_bins = generate_bins or exact_bins
         self.dataset = dataset
         self.labels = dataset.labels
         self.ratio, self.seed = ratio, seed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.bins import generate_bins
 from ..core.sampling import sample_uniform
 from .base import Context, Selection, SelectionMethod, check_int, check_unit
 
@@ -86,7 +85,7 @@ class DQ(SelectionMethod):
         try:
             return ctx.timed(
                 "bins",
-                generate_bins,
+                ctx.generate_bins,
                 emb.for_binning(),
                 self.n_bins,
                 ctx.labels,

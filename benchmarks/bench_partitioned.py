@@ -11,7 +11,8 @@ first ones). Per bin: the GraphCut objective of the partitioned bin on its remai
 divided by the exact bin's on its own (target >= 0.99), and the overlap of the two bins
 (|A & B| / |B|); times.
 
-``scale``: a memory-mapped N x d float32 pool written once (``--memmap``); the first bin's
+``scale``: an N x d float32 ``.npy`` pool written once (``--memmap``), read with plain file
+reads (no memory map, so the peak RSS is the working memory); the first bin's
 stages: the coverage reduction over all N rows, ``--max-parts`` of the P parts' greedy runs
 (timed one after another, peak RSS of the process after each), and the union step (a greedy
 picking B of 2B candidates) measured at 50,000 and 200,000 candidates and extrapolated to 2B;
@@ -45,6 +46,37 @@ def clustered(n: int, dim: int, centres: int, seed: int = 0, out=None) -> np.nda
     return x
 
 
+class _FileRows:
+    """The rows of a ``.npy`` file, read with plain file reads (a contiguous run of rows in one
+    read, other rows one by one): no memory map, so the process's peak RSS is its working
+    memory (through a map, the kernel's fault-around would count most of the file's pages in
+    the page cache as this process's RSS after scattered reads)."""
+
+    ndim = 2
+
+    def __init__(self, path: Path) -> None:
+        m = np.load(path, mmap_mode="r")
+        self.path, self.shape, self.dtype, self.offset = path, m.shape, m.dtype, m.offset
+        del m
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        idx = np.arange(*index.indices(self.shape[0])) if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        out = np.empty((len(idx), self.shape[1]), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and np.all(np.diff(idx) == 1):
+                f.seek(self.offset + int(idx[0]) * self.row_bytes)
+                f.readinto(out)
+            else:
+                for k, i in enumerate(idx.tolist()):
+                    f.seek(self.offset + i * self.row_bytes)
+                    f.readinto(out[k])
+        return out
+
+
 def first_sizes(n: int, n_bins: int, first: int) -> np.ndarray:
     full = bin_sizes([n], n_bins)[0]
     return np.array([*full[:first], n - int(full[:first].sum())])
@@ -58,9 +90,9 @@ def quality(n: int, dim: int, parts: list[int], n_bins: int, first: int, centres
     t_exact = time.perf_counter() - t
     print(f"pool {n} x {dim} ({centres} clusters), K = {n_bins}, first {first} bins of {sizes[0]}; exact greedy {t_exact:.1f} s")
     print("| parts | seconds | objective / exact, per bin | overlap with the exact bin, per bin |\n|---|---|---|---|")
-    for p in parts:
+    for p, union in [(p, u) for p in parts for u in (True, False)]:
         t = time.perf_counter()
-        got = partitioned_bins(x, len(sizes), p, sizes=sizes)
+        got = partitioned_bins(x, len(sizes), p, sizes=sizes, union_greedy=union)
         s = time.perf_counter() - t
         pool_e = pool_p = np.arange(n)
         ratios, overlaps = [], []
@@ -68,7 +100,7 @@ def quality(n: int, dim: int, parts: list[int], n_bins: int, first: int, centres
             ratios.append(graphcut_objective(x, got[k], pool_p) / graphcut_objective(x, exact[k], pool_e))
             overlaps.append(len(np.intersect1d(got[k], exact[k])) / len(exact[k]))
             pool_e, pool_p = np.setdiff1d(pool_e, exact[k]), np.setdiff1d(pool_p, got[k])
-        print(f"| {p} | {s:.1f} | {', '.join(f'{r:.5f}' for r in ratios)} | {', '.join(f'{o:.3f}' for o in overlaps)} |")
+        print(f"| {p}{'' if union else ', no union step'} | {s:.1f} | {', '.join(f'{r:.5f}' for r in ratios)} | {', '.join(f'{o:.3f}' for o in overlaps)} |")
 
 
 def scale(n: int, dim: int, parts: int, n_bins: int, first: int, centres: int, memmap: Path, max_parts: int) -> None:
@@ -83,7 +115,7 @@ def scale(n: int, dim: int, parts: int, n_bins: int, first: int, centres: int, m
         out.flush()
         del out
         print(f"wrote {memmap} ({n} x {dim} float32, {n * dim * 4 / 1e9:.1f} GB) in {time.perf_counter() - t:.0f} s")
-    x = np.load(memmap, mmap_mode="r")
+    x = _FileRows(memmap)
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
     t = time.perf_counter()
     coverage = unit_sum(x, np.arange(n))
@@ -99,6 +131,18 @@ def scale(n: int, dim: int, parts: int, n_bins: int, first: int, centres: int, m
         part_greedy(x, idx, coverage, take)
         times.append(time.perf_counter() - t)
         print(f"  part {j}: {len(idx)} rows -> {take} candidates in {times[-1]:.1f} s, peak RSS so far {rss():.0f} MB", flush=True)
+    shares = []
+    for j in range(min(max_parts, parts)):  # without the union step: each part picks its share
+        idx = np.sort(split[j])
+        take = int(round(size * len(idx) / n))
+        t = time.perf_counter()
+        part_greedy(x, idx, coverage, take)
+        shares.append(time.perf_counter() - t)
+        print(f"  part {j}, no union step: {len(idx)} rows -> its share {take} in {shares[-1]:.1f} s, peak RSS so far {rss():.0f} MB", flush=True)
+    share_mean = float(np.mean(shares))
+    for machines in (1, 10, 100):
+        per_bin = t_cov + np.ceil(parts / machines) * share_mean
+        print(f"  no union step, on {machines} machine(s): ~{per_bin / 60:.1f} min per bin, {(n_bins - 1) * per_bin / 60:.0f} min for the {n_bins - 1} greedy bins")
     union = []
     for m in (50_000, 200_000):
         idx = np.sort(np.random.default_rng(1).choice(n, m, replace=False))

@@ -193,3 +193,24 @@ def test_compress_partitions_from_the_command_line(tmp_path):
     main(["compress", str(tmp_path / "x.npy"), "--method", "dq", "--bins", "4", "--ratio", "0.2", "--partitions", "1", "--out", str(tmp_path / "p1"), "--no-cache", "--quiet"])
     main(["compress", str(tmp_path / "x.npy"), "--method", "dq", "--bins", "4", "--ratio", "0.2", "--out", str(tmp_path / "exact"), "--no-cache", "--quiet"])
     assert np.array_equal(np.load(tmp_path / "p1" / "indices.npy"), np.load(tmp_path / "exact" / "indices.npy"))
+    main(["compress", str(tmp_path / "x.npy"), "--method", "dq", "--bins", "4", "--ratio", "0.2", "--partitions", "3", "--no-partition-union", "--out", str(tmp_path / "shares"), "--no-cache", "--quiet"])
+    shares = np.load(tmp_path / "shares" / "bins.npz")
+    want = partitioned_bins(x, 4, 3, seed=0, union_greedy=False)
+    assert all(np.array_equal(shares[f"bin_{k}"], want[k]) for k in range(4))
+    assert json.loads((tmp_path / "shares" / "manifest.json").read_text())["parameters"]["partition_union"] is False
+
+
+def test_without_the_union_step_each_part_takes_its_share():
+    """union_greedy=False: the bin is the parts' picks, each part exactly its share (largest
+    remainder), each part's picks its own greedy's first ones; one part is still exact."""
+    x = _clustered(900, seed=7)
+    one = partitioned_bins(x, 3, 1, union_greedy=False)
+    assert all(np.array_equal(a, b) for a, b in zip(one, generate_bins(x, 3)))
+    bins, rank = partitioned_bins(x, 3, 4, seed=2, union_greedy=False, return_rank=True)
+    parts = [np.sort(p) for p in np.array_split(np.random.default_rng(2).permutation(900), 4)]
+    coverage = unit_sum(x, np.arange(900))
+    for part in parts:  # bin 0 holds each part's first greedy picks, its share of 300
+        share = len(np.intersect1d(bins[0], part))
+        assert share == 75
+        assert set(part[part_greedy(x, part, coverage, share)]) == set(np.intersect1d(bins[0], part))
+    assert sorted(rank[bins[0]]) == list(range(300))

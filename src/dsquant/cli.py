@@ -126,6 +126,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--engine",), dict(dest="engine", choices=["local", "ray"], default="local", help="where bins are generated: local (default) or ray (one task per class on a Ray cluster: the same bins; pip install 'dsquant[ray]')")),
         (("--address",), dict(dest="address", help="--engine ray: the cluster's address ('auto': the one this machine joined); default a local cluster")),
         (("--partitions",), dict(dest="partitions", type=_positive_int, help="bin one unlabelled pool by partitioned greedy over P random parts (approximate; for pools larger than a machine; docs/distributed.md)")),
+        (("--no-partition-union",), dict(dest="partition_union", action="store_false", help="with --partitions: every part picks its share of each bin, no greedy on the union (what scales to bins of millions, a little further from the exact bins)")),
         (("--export",), dict(dest="export", choices=["imagefolder", "npz"], help="also write the subset itself")),
         (("--drop-ratio",), dict(dest="drop_ratio", type=_unit_interval(False, True, "a drop ratio in [0, 1)"), help="pixel quantization: drop this fraction of every selected image's least important patches (e.g. 0.2) and store only the kept ones")),
         (("--patch",), dict(dest="patch", type=_positive_int, help="patch size in pixels (default: 8x8 grid on small images, 16 px on large)")),

@@ -158,10 +158,11 @@ def _ray_map(ray, fn, tasks: list[tuple]) -> list:
     return ray.get(out)
 
 
-def partitioned_engine(n_parts: int, seed: int = 0, oversample: float = 2.0, use_ray: bool = False, address: str | None = None):
+def partitioned_engine(n_parts: int, seed: int = 0, oversample: float = 2.0, use_ray: bool = False, address: str | None = None, union_greedy: bool = True):
     """A bin engine (``generate_bins``' signature) that bins one unlabelled pool by partitioned
-    greedy (:func:`dsquant.core.partitioned.partitioned_bins`), its parts as Ray tasks when
-    ``use_ray``, else one after the other. Labelled data is refused (bin it by class, exactly).
+    greedy (:func:`dsquant.core.partitioned.partitioned_bins`, with or without its union step),
+    its parts as Ray tasks when ``use_ray``, else one after the other. Labelled data is refused
+    (bin it by class, exactly).
     """
     from .core.partitioned import partitioned_bins
 
@@ -175,7 +176,7 @@ def partitioned_engine(n_parts: int, seed: int = 0, oversample: float = 2.0, use
         from .core.bins import check_finite
 
         check_finite(features)
-        return partitioned_bins(features, n_bins, n_parts, seed=seed, lam=lam, oversample=oversample, dtype=dtype, memory=min(memory, 2**30), return_rank=return_rank, map_parts=mapper)
+        return partitioned_bins(features, n_bins, n_parts, seed=seed, lam=lam, oversample=oversample, dtype=dtype, memory=min(memory, 2**30), return_rank=return_rank, map_parts=mapper, union_greedy=union_greedy)
 
     return engine
 

@@ -180,7 +180,7 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
     return paths
 
 
-def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, ratio, seed, enc_config, block_size, precision, split, image_size, group_by, command, engine="local", partitions=None) -> dict:
+def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, ratio, seed, enc_config, block_size, precision, split, image_size, group_by, command, engine="local", partitions=None, partition_union=True) -> dict:
     """The run's manifest (without the times and files, added when it is written)."""
     n, ds_labels = len(dataset), dataset.labels
     indices, bins = selection.indices, selection.bins
@@ -201,6 +201,7 @@ def _manifest(data, dataset, selector, selection, emb_record, pixels_record, *, 
             "block_size": method_config.get("block_size", block_size),
             "engine": engine,
             "partitions": partitions,
+            "partition_union": partition_union if partitions is not None else None,
             "precision": method_config.get("precision", precision),
             "split": split,
             "image_size": image_size,
@@ -278,6 +279,7 @@ def compress(
     engine: str = "local",
     address: str | None = None,
     partitions: int | None = None,
+    partition_union: bool = True,
     device: str | None = None,
     progress: bool = False,
     command: list[str] | None = None,
@@ -355,6 +357,9 @@ def compress(
         partitions: bin one unlabelled pool by partitioned greedy over this many random parts
             (an approximation for pools larger than a machine;
             :func:`dsquant.core.partitioned.partitioned_bins`), with ``engine`` running the parts.
+        partition_union: with ``partitions``, run the greedy again on the union of the parts'
+            candidates (default; closest to the exact bins), or False: every part picks its share
+            and nothing is sequential (what scales to bins of millions; docs/distributed.md).
         device: torch device for the proxy (default CUDA when present).
         progress: show progress bars.
         command: the command line, recorded in the manifest.
@@ -429,7 +434,7 @@ def compress(
         if partitions is not None:
             from .distributed import partitioned_engine
 
-            bins_engine = partitioned_engine(partitions, seed=seed, use_ray=engine == "ray", address=address)
+            bins_engine = partitioned_engine(partitions, seed=seed, use_ray=engine == "ray", address=address, union_greedy=partition_union)
         elif engine == "ray":
             from .distributed import ray_engine
 
@@ -466,7 +471,7 @@ def compress(
             pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {}, codec)
             timings["pixels"] = time.perf_counter() - t
 
-        manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command, engine=engine, partitions=partitions)
+        manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command, engine=engine, partitions=partitions, partition_union=partition_union)
         out_path = None
         if writer is not None:
             t = time.perf_counter()

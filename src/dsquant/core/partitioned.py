@@ -79,6 +79,25 @@ def graphcut_objective(features, selected: np.ndarray, pool: np.ndarray, lam: fl
     return lam * cover - inner
 
 
+def _shares(total: int, sizes: list[int]) -> list[int]:
+    """``total`` split over parts in proportion to ``sizes`` (largest remainder; each at most its
+    size; they sum to ``total`` when the parts hold that many)."""
+    n = sum(sizes)
+    if n == 0:
+        return [0] * len(sizes)
+    exact = [total * s / n for s in sizes]
+    out = [min(s, math.floor(e)) for s, e in zip(sizes, exact)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
+    short = total - sum(out)
+    for i in order * 2:
+        if short <= 0:
+            break
+        if out[i] < sizes[i]:
+            out[i] += 1
+            short -= 1
+    return out
+
+
 def part_greedy(features, index: np.ndarray, coverage: np.ndarray, budget: int, lam: float = 1.0, dtype=np.float32, memory: int = 2**30) -> np.ndarray:
     """Positions (in ``index``, rows of ``features``) of ``budget`` greedy GraphCut picks whose
     coverage term is ``<u_x, coverage>`` (the unit sum of a larger pool: exact, float64) and
@@ -107,6 +126,7 @@ def partitioned_bins(
     return_rank: bool = False,
     map_parts=None,
     sizes=None,
+    union_greedy: bool = True,
 ):
     """Bins of one unlabelled pool by partitioned greedy (module docstring).
 
@@ -128,6 +148,12 @@ def partitioned_bins(
             ``fn`` returns the picked positions in ``index``.
         sizes: explicit bin sizes (K,) summing to N instead of DQ's (:func:`bin_sizes`), e.g.
             ``[B, B, N - 2B]`` to compute only the first two greedy bins.
+        union_greedy: False skips step 3: each part picks exactly its share of the bin (shares
+            by largest remainder, summing to B; ``oversample`` unused) and the bin is the union
+            of the parts' picks. Every part then runs at once and nothing is sequential but the
+            reductions: what makes bins of millions feasible (the greedy on the union costs
+            about the square of the bin's size), at a cost in quality that
+            ``benchmarks/bench_partitioned.py`` measures.
 
     Returns:
         K sorted int64 index arrays partitioning ``range(N)``; with ``return_rank``,
@@ -164,15 +190,22 @@ def partitioned_bins(
         remaining = int(alive.sum())
         size = min(int(size), remaining)
         tasks = []
-        for part in parts:
-            idx = part[alive[part]]
-            take = min(len(idx), math.ceil(oversample * size * len(idx) / max(1, remaining)))
+        live = [part[alive[part]] for part in parts]
+        takes = _shares(size, [len(idx) for idx in live]) if not union_greedy else [
+            min(len(idx), math.ceil(oversample * size * len(idx) / max(1, remaining))) for idx in live
+        ]
+        for idx, take in zip(live, takes):
             if take:
-                tasks.append((features, idx, coverage, take, lam, dtype, memory))
+                tasks.append((features, idx, coverage, int(take), lam, dtype, memory))
         picks = run(part_greedy, tasks)
         candidates = [t[1][p] for t, p in zip(tasks, picks)]
-        union = np.sort(np.concatenate(candidates)) if candidates else np.empty(0, dtype=np.int64)
-        chosen = union[part_greedy(features, union, coverage, size, lam, dtype, memory)] if size else union[:0]
+        union = np.concatenate(candidates) if candidates else np.empty(0, dtype=np.int64)
+        if not union_greedy:  # the parts' picks, interleaved by their place in each part's greedy
+            place = np.concatenate([(np.arange(len(c)) + 0.5) / len(c) for c in candidates]) if candidates else np.empty(0)
+            chosen = union[np.argsort(place, kind="stable")]
+        else:
+            union = np.sort(union)
+            chosen = union[part_greedy(features, union, coverage, size, lam, dtype, memory)] if size else union[:0]
         rank[chosen] = ranked + np.arange(len(chosen))
         ranked += len(chosen)
         bins.append(np.sort(chosen).astype(np.int64))

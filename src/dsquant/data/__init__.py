@@ -169,10 +169,16 @@ def load_dataset(
     return read_features(spec, labels=labels)
 
 
+STREAM_MIN_TAR_BYTES = 2 << 30
+"""With ``stream=None``, a tar smaller than this (2 GiB) is read in memory without being indexed
+first (CIFAR-10's JPEG tar is 0.15 GB; ImageNet's training tar 147 GB)."""
+
+
 def streamed_index(spec, fmt: str, split: str, stream: bool | None) -> StreamedImageDataset | None:
     """The streamed index of an image source of format ``fmt``, or None when it is to be read
     in memory: ``stream`` False, or None (automatic) with fewer than :data:`STREAM_MIN_IMAGES`
-    images or a compressed tar. WebDataset shards are always streamed.
+    images, a tar below :data:`STREAM_MIN_TAR_BYTES` or a compressed tar. WebDataset shards are
+    always streamed.
 
     Raises:
         DataError: as the index functions do (with ``stream`` True, a compressed tar).
@@ -185,7 +191,9 @@ def streamed_index(spec, fmt: str, split: str, stream: bool | None) -> StreamedI
         index = index_image_folder(spec, split=split)
     elif stream:
         index = index_image_tar(spec, split=split)
-    else:
+    else:  # automatic: a tar below STREAM_MIN_TAR_BYTES is read in memory without listing it twice
+        if os.path.getsize(spec) < STREAM_MIN_TAR_BYTES:
+            return None
         try:
             index = index_image_tar(spec, split=split)
         except DataError as exc:

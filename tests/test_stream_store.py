@@ -328,3 +328,64 @@ def test_gradient_embedding_on_a_pretrained_backbone(folder, tiny_hf):
     probs = emb.delta + np.eye(3)[ds.labels]  # softmax of the fitted head
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.mean(np.argmax(probs, 1) == ds.labels) > 0.5  # fits its own training set (chance: 1/3)
+
+
+def test_handles_are_not_kept_per_image_and_bounded_per_shard(folder, tmp_path):
+    from dsquant.data import stream
+
+    ds = index_image_folder(folder)
+    for i in range(len(ds)):
+        ds.read_bytes(i)
+    assert ds._handles == {}  # one file per image: opened and closed
+    shards = [_shard(tmp_path / f"w-{k:02d}.tar", [(f"k{k}", _jpeg(20, 20, k), "0")]) for k in range(stream._OPEN_SHARDS + 4)]
+    wds = index_webdataset(shards)
+    for i in range(len(wds)):
+        wds.read_bytes(i)
+    assert len(wds._handles) == stream._OPEN_SHARDS
+
+
+def test_store_review_cases(folder, tmp_path):
+    """A directory holding only what another store process wrote first is joined, not refused;
+    a process whose encoder differs from the store's is refused; float16 overflow is named;
+    an unlabelled store gives labels None."""
+    ds = index_image_folder(folder)
+    out = tmp_path / "racing"
+    out.mkdir()
+    (out / "ids.npy.tmp-otherhost-1-abc").write_bytes(b"partial")
+    embed_to_store(ds, _RowEncoder(len(ds)), out, shard_size=6)
+    assert open_store(out).features.shape == (12, 6)
+
+    from dsquant.embed.store import prepare_store, write_shard
+
+    root, manifest = prepare_store(ds, _RowEncoder(len(ds)), tmp_path / "s2", shard_size=6)
+    with pytest.raises(DataError, match="encoder differs from the store's \\(seed\\)"):
+        write_shard(root, manifest, ds, _RowEncoder(len(ds), seed=5), 0)
+    big = _RowEncoder(len(ds))
+    big.table = big.table * 1e6
+    with pytest.raises(DataError, match="above float16's range.*--dtype float32"):
+        embed_to_store(ds, big, tmp_path / "s3", shard_size=6)
+
+    class Unlabelled:
+        source, split, classes, labels, ids = "<u>", "train", [], None, None
+
+        def __len__(self):
+            return 12
+
+        def fingerprint(self):
+            return "u"
+
+    embed_to_store(Unlabelled(), _RowEncoder(12), tmp_path / "u", shard_size=6)
+    st = open_store(tmp_path / "u")
+    assert st.labels is None and st.classes == []
+
+
+def test_webdataset_export_names_files_by_their_format(tmp_path):
+    from dsquant.artifact import write_streamed
+
+    _shard(tmp_path / "s.tar", [("a", _jpeg(20, 20, 0), "0"), ("b", _png(np.zeros((4, 4, 3), np.uint8)), "1")])
+    ds = index_webdataset([tmp_path / "s.tar"])
+    dest = tmp_path / "export"
+    dest.mkdir()
+    write_streamed(dest, "imagefolder", ds, np.array([0, 1]))
+    names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and p.suffix != ".json")
+    assert names == ["0/0000000.jpg", "1/0000001.png"]

@@ -492,10 +492,10 @@ def write_streamed(dest: Path, fmt: str, dataset, indices: np.ndarray, image_siz
         i = int(idx)
         folder = dest / folders[int(dataset.labels[i])]
         folder.mkdir(exist_ok=True)
-        ext = os.path.splitext(str(dataset.ids[i]))[1].lower()
-        ext = ext if ext in _IMAGE_SUFFIXES else ".img"
-        path = folder / f"{i:07d}{ext}"
         data = dataset.read_bytes(i)
+        ext = os.path.splitext(str(dataset.ids[i]))[1].lower()
+        ext = ext if ext in _IMAGE_SUFFIXES else _sniff_suffix(data)  # WebDataset keys have none
+        path = folder / f"{i:07d}{ext}"
         path.write_bytes(data)
         total += len(data)
         files.append({"file": f"{path.parent.name}/{path.name}", "id": str(dataset.ids[i])})
@@ -511,6 +511,21 @@ def write_streamed(dest: Path, fmt: str, dataset, indices: np.ndarray, image_siz
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "PPM": ".ppm"}
+
+
+def _sniff_suffix(data: bytes) -> str:
+    """The file extension of image bytes, from Pillow's reading of their header (``.jpg``,
+    ``.png``, ...; ``.img`` if Pillow does not know them)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _FORMAT_SUFFIX.get(im.format or "", ".img")
+    except Exception:  # not an image Pillow knows: named as such, the bytes kept
+        return ".img"
 
 
 def export_subset(dataset, indices: np.ndarray, dest: Path, fmt: str) -> dict:

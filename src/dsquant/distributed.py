@@ -39,6 +39,18 @@ def _ray():
     return ray
 
 
+def _get(ray, refs):
+    """``ray.get(refs)``, a failed task's own exception re-raised (its one-line message, such
+    as a DataError naming an unreadable image) instead of Ray's multi-line wrapper."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
 def connect(address: str | None = None, num_cpus: int | None = None):
     """Join the Ray cluster at ``address`` (``"auto"``: the one this machine belongs to, as
     ``ray start`` or KubeRay set it up), or start a local one with ``num_cpus`` when ``address``
@@ -105,6 +117,10 @@ def ray_embed(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "flo
             for rec in ActorPool(actors_made).map_unordered(lambda a, k: a.shard.remote(k), todo):
                 if log is not None:
                     log(shard_line(rec) + f" (actor peak RSS {rec['actor_peak_rss_mb']} MB)")
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(getattr(exc, "cause", None), BaseException):
+                raise exc.cause from None
+            raise
         finally:  # their CPUs (and GPUs) go back to the cluster now, not when garbage-collected
             for actor in actors_made:
                 ray.kill(actor)
@@ -140,7 +156,7 @@ def ray_generate_bins(features, n_bins: int, labels=None, *, lam: float = 1.0, b
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ready[0])
-        per_pool[i] = ray.get(ready[0])
+        per_pool[i] = _get(ray, ready[0])
         if progress is not None:
             progress(len(groups[i]))
     return assemble_bins(per_pool, n, n_bins, return_rank)
@@ -155,7 +171,7 @@ def _ray_map(ray, fn, tasks: list[tuple]) -> list:
         if id(f) not in refs:
             refs[id(f)] = ray.put(f)
         out.append(remote.remote(refs[id(f)], *t[1:]))
-    return ray.get(out)
+    return _get(ray, out)
 
 
 def partitioned_engine(n_parts: int, seed: int = 0, oversample: float = 2.0, use_ray: bool = False, address: str | None = None, union_greedy: bool = True):

@@ -76,6 +76,7 @@ streamed; smaller ones are decoded into memory, which is faster for CIFAR-size s
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "box": Image.BOX}
 MAX_LABEL_BYTES = 64  # a WebDataset .cls member: a class id as text
+_OPEN_SHARDS = 16  # tar files kept open per process by StreamedImageDataset.read_bytes
 
 
 def resize_center_crop(im: Image.Image, resize: int, crop: int, interpolation: str = "bilinear") -> Image.Image:
@@ -205,14 +206,21 @@ class StreamedImageDataset:
             DataError: if the file is gone, shorter than its index says, or unreadable.
         """
         k = int(self.file_index[i])
-        key = (os.getpid(), k)
-        f = self._handles.get(key)
+        size = int(self.sizes[i])
         try:
-            if f is None:
-                f = self._handles[key] = open(self.files[k], "rb")
-            f.seek(int(self.offsets[i]))
-            size = int(self.sizes[i])
-            data = f.read(size)
+            if self.format == "imagefolder":  # one file per image: opened, read, closed
+                with open(self.files[k], "rb") as f:
+                    data = f.read(size)
+            else:  # tar shards: a few handles kept open per process
+                key = (os.getpid(), k)
+                f = self._handles.pop(key, None)
+                if f is None:
+                    f = open(self.files[k], "rb")
+                self._handles[key] = f  # most recently used last
+                while len(self._handles) > _OPEN_SHARDS:
+                    self._handles.pop(next(iter(self._handles))).close()
+                f.seek(int(self.offsets[i]))
+                data = f.read(size)
         except OSError as exc:
             raise DataError(f"{self.name_of(i)}: cannot read ({exc.strerror or exc})") from None
         if len(data) != size:
@@ -269,11 +277,12 @@ def index_image_folder(root: str | os.PathLike, split: str | None = None) -> Str
     """
     root = Path(root)
     entries, split, order, classes, labels = folder_entries(root, split)
+    base = Path(os.path.abspath(root))  # absolute: workers elsewhere (Ray) read the same files
     mtime = 0
 
     def where(parts):
         nonlocal mtime
-        path = root.joinpath(*parts)
+        path = base.joinpath(*parts)
         size = check_regular_file(path)
         mtime = max(mtime, os.stat(path).st_mtime_ns)
         return "/".join(parts), str(path), 0, size
@@ -321,9 +330,13 @@ def index_image_tar(path: str | os.PathLike, split: str | None = None) -> Stream
     entries, split = _layout([k.split("/") for k in members], split, str(path), dirs, lambda d: f"{path}:{'/'.join(d)}/")
     order, classes, labels = _index(entries)
 
+    absolute = os.path.abspath(path)
+
     def where(parts):
         m = members["/".join(parts)]
-        return "/".join(parts), str(path), m.offset_data, m.size
+        if m.issparse():
+            raise DataError(f"{path}:{m.name}: a sparse tar member cannot be read at an offset; read the tar in memory (--in-memory)")
+        return "/".join(parts), absolute, m.offset_data, m.size
 
     return _from_entries(entries, order, classes, labels, where, str(path), split, "tar", _signature(path))
 
@@ -388,6 +401,8 @@ def index_webdataset(shards: str | os.PathLike | Sequence, split: str | None = N
                         raw_labels.append(int(text))
                     except ValueError:
                         raise DataError(f"{path}:{key}.cls: expected an integer class id, got {text[:40]!r}") from None
+                    if image.issparse():
+                        raise DataError(f"{path}:{image.name}: a sparse tar member cannot be read at an offset")
                     if key in seen:
                         raise DataError(f"{path}:{key}: key also in {seen[key]}; WebDataset keys must be unique across shards")
                     seen[key] = str(path)
@@ -397,7 +412,7 @@ def index_webdataset(shards: str | os.PathLike | Sequence, split: str | None = N
                     sizes.append(image.size)
         except _TAR_ERRORS as exc:
             raise DataError(f"{path}: cannot read tar archive ({exc})") from None
-        files.append(str(path))
+        files.append(os.path.abspath(path))
     if not ids:
         raise DataError(f"{shards}: no samples in {len(paths)} shard(s) (expected <key>.jpg + <key>.cls members)")
     labels, classes = label_classes(np.array(raw_labels, dtype=np.int64), str(shards))

@@ -70,8 +70,16 @@ def is_store(path) -> bool:
     return p.is_dir() and (p / MANIFEST).is_file()
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path`` no other process picks, on this host or another."""
+    import socket
+    import uuid
+
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -209,7 +217,7 @@ class StoreDataset:
         return hash_key({"store": self.manifest.get("encoder_hash"), "source": self.manifest.get("source"), "shards": self.manifest.get("shard_sha256"), "rows": len(self.rows)})
 
 
-def open_store(path, allow_partial: bool = False) -> StoreDataset:
+def open_store(path) -> StoreDataset:
     """Open a finished store for reading.
 
     Raises:
@@ -218,10 +226,14 @@ def open_store(path, allow_partial: bool = False) -> StoreDataset:
             (the message says how many shards remain and how to resume).
     """
     root = Path(path)
+    root = Path(path).resolve()  # absolute: tasks on other machines read the same shards
     m = _read_json(root / MANIFEST, "embedding store manifest")
     if m.get("format") != STORE_FORMAT or m.get("version") != STORE_VERSION:
         raise DataError(f"{root / MANIFEST}: not a dsquant embedding store of version {STORE_VERSION} (format {m.get('format')!r}, version {m.get('version')!r})")
-    n, dim, size = int(m["n"]), int(m["dim"]), int(m["shard_size"])
+    try:
+        n, dim, size = int(m["n"]), int(m["dim"]), int(m["shard_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{root / MANIFEST}: a store manifest needs integers n, dim and shard_size ({exc})") from None
     n_shards = -(-n // size)
     ids = np.load(root / "ids.npy", allow_pickle=False)
     labels = np.load(root / "labels.npy", allow_pickle=False)
@@ -237,7 +249,7 @@ def open_store(path, allow_partial: bool = False) -> StoreDataset:
         starts.append(k * size)
         bad.extend(rec.get("bad", []))
         shas.append(rec.get("sha256"))
-    if missing and not allow_partial:
+    if missing:
         raise DataError(
             f"{root}: {len(missing)} of {n_shards} shards are not finished (first: {_shard_name(missing[0])}); "
             f"run the same 'dsquant embed' command again to resume"
@@ -249,8 +261,9 @@ def open_store(path, allow_partial: bool = False) -> StoreDataset:
     m = dict(m, shard_sha256=shas)
     if len(rows) < n:  # skipped samples leave the dataset; a view keeps the others' rows
         feats = _RowView(feats, rows)
-    classes = [str(c) for c in m.get("classes", [])]
-    return StoreDataset(feats, labels[rows].astype(np.int64), classes, ids[rows], rows, bad, str(root), m, m.get("source", {}).get("split") or "train")
+    labelled = m.get("labelled", True)
+    classes = [str(c) for c in m.get("classes", [])] if labelled else []
+    return StoreDataset(feats, labels[rows].astype(np.int64) if labelled else None, classes, ids[rows], rows, bad, str(root), m, m.get("source", {}).get("split") or "train")
 
 
 class _RowView(ShardedArray):
@@ -316,8 +329,15 @@ def _source_record(dataset) -> dict:
     return {"source": src, "format": fmt, "split": getattr(dataset, "split", None), "fingerprint": dataset.fingerprint()}
 
 
+def _ours(name: str) -> bool:
+    """A file a store being created may already hold (another process got there first)."""
+    return name in ("ids.npy", "labels.npy") or ".tmp-" in name
+
+
 def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.ndarray) -> dict:
-    """Create the store's manifest, ids and labels, or check an existing store agrees."""
+    """Create the store's manifest, then its ids and labels; or check that an existing store
+    holds the same embeddings (and complete its ids and labels if their writer died). Processes
+    of a job array may race here: the manifest is created by a hard link, which only one wins."""
     path = root / MANIFEST
     if path.exists():
         old = _read_json(path, "embedding store manifest")
@@ -327,13 +347,12 @@ def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.nda
                     f"{root}: holds a store of other embeddings ({key}: {old.get(key)!r} there, {manifest.get(key)!r} now); "
                     f"use another --out, or delete that store yourself"
                 )
+        _index_files(root, ids, labels)
         return old
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and any(not _ours(p.name) for p in root.iterdir()):
         raise DataError(f"{root}: exists and is not an embedding store (no {MANIFEST}); dsquant writes a store only into a new or empty directory")
     root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(root / "ids.npy", lambda f: np.save(f, ids, allow_pickle=False))
-    _write_atomic(root / "labels.npy", lambda f: np.save(f, labels, allow_pickle=False))
-    tmp = root / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp = _tmp_name(path)
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     try:
         os.link(tmp, path)  # fails if another process created the manifest first
@@ -341,7 +360,16 @@ def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.nda
         return _create_or_check(root, manifest, ids, labels)
     finally:
         tmp.unlink()
+    _index_files(root, ids, labels)
     return manifest
+
+
+def _index_files(root: Path, ids: np.ndarray, labels: np.ndarray) -> None:
+    """Write ids.npy and labels.npy unless present (only after the manifest agreed: the same
+    source, so the same content whichever process writes them)."""
+    for name, arr in (("ids.npy", ids), ("labels.npy", labels)):
+        if not (root / name).is_file():
+            _write_atomic(root / name, lambda f, arr=arr: np.save(f, arr, allow_pickle=False))
 
 
 def prepare_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16") -> tuple[Path, dict]:
@@ -360,7 +388,7 @@ def prepare_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = 
         raise ValueError(f"dtype: expected 'float16' or 'float32', got {dtype!r}")
     if shard_size < 1:
         raise ValueError(f"shard_size: expected a positive number of rows, got {shard_size!r}")
-    root = Path(out)
+    root = Path(out).resolve()
     n = len(dataset)
     config = encoder.config()
     labels = getattr(dataset, "labels", None)
@@ -380,6 +408,7 @@ def prepare_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = 
         "preprocessing": config.get("preprocessing"),
         "source": _source_record(dataset),
         "classes": list(getattr(dataset, "classes", []) or []),
+        "labelled": getattr(dataset, "labels", None) is not None,
         "dsquant_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -401,10 +430,19 @@ def write_shard(root, manifest: dict, dataset, encoder, k: int, progress: bool =
     machine that sees the store: what the Ray engine's actors do."""
     root = Path(root)
     t = time.perf_counter()
+    config = encoder.config()
+    if hash_key(config) != manifest.get("encoder_hash"):  # e.g. another device resolved another precision
+        diff = sorted(k for k in set(config) | set(manifest.get("encoder") or {}) if config.get(k) != (manifest.get("encoder") or {}).get(k))
+        raise DataError(f"{root}: this process's encoder differs from the store's ({', '.join(diff) or 'config'}); pin it (for example --precision float32) so every process embeds alike")
     size, n = int(manifest["shard_size"]), int(manifest["n"])
     rows = np.arange(k * size, min(n, (k + 1) * size), dtype=np.int64)
     bad: list = []
-    feats = encoder.encode_rows(dataset, rows, progress=progress, bad=bad).astype(manifest["dtype"])
+    raw = encoder.encode_rows(dataset, rows, progress=progress, bad=bad)
+    with np.errstate(over="ignore"):  # overflow is checked just below, with a message
+        feats = raw.astype(manifest["dtype"])
+    if not np.all(np.isfinite(feats)):
+        where = "above float16's range (65504)" if np.all(np.isfinite(raw)) else "NaN or infinite"
+        raise DataError(f"{root}: shard {k} has features {where}; embed with --dtype float32" if "float16" in where else f"{root}: shard {k}: the encoder produced {where} features")
     path = root / f"{_shard_name(k)}.npy"
     _write_atomic(path, lambda f: np.save(f, feats, allow_pickle=False))
     ids = getattr(dataset, "ids", None)

@@ -176,6 +176,9 @@ def test_compress_with_drop_ratio_export_in_index_order(tmp_path, capsys):
     assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--patch-quality", "80", "--out", str(lossy), "--quiet"]) == 0
     lpx = read_output(lossy).manifest["pixels"]
     assert lpx["codec"]["quality"] == 80 and 25 < lpx["kept_psnr_db"] < 60
+    capsys.readouterr()  # a quality without patch dropping is refused, not ignored
+    assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--patch-quality", "80", "--out", str(tmp_path / "no-drop"), "--quiet"]) == 2
+    assert "patch_quality" in capsys.readouterr().err and not (tmp_path / "no-drop").exists()
     capsys.readouterr()
     assert main(["info", str(lossy)]) == 0 and f"PSNR {lpx['kept_psnr_db']} dB" in capsys.readouterr().out
     assert main(["export", str(out), "--format", "npz", "--quiet"]) == 0

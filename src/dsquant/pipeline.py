@@ -400,6 +400,8 @@ def compress(
         from .pixels import Codec
 
         codec = patch_codec if isinstance(patch_codec, Codec) else Codec(patch_codec, patch_quality)
+    if drop_ratio is None and patch_quality is not None:
+        raise ValueError("patch_quality: sets the codec of dropped-patch storage; it needs drop_ratio (--drop-ratio) too")
     check_export(export)
     proxy_seed = seed if proxy_seed is None else proxy_seed
     options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "device": device}

@@ -389,3 +389,18 @@ def test_webdataset_export_names_files_by_their_format(tmp_path):
     write_streamed(dest, "imagefolder", ds, np.array([0, 1]))
     names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and p.suffix != ".json")
     assert names == ["0/0000000.jpg", "1/0000001.png"]
+
+
+def test_compress_webdataset_shards_by_brace_pattern(tmp_path, tiny_hf):
+    """A brace pattern is DATA for compress (each shard checked to exist first); a missing shard
+    is named before any work."""
+    from dsquant import compress
+
+    for k in range(2):
+        _shard(tmp_path / f"s-{k}.tar", [(f"k{k}{j}", _jpeg(24, 20, 10 * k + j), str(j % 2)) for j in range(4)])
+    run = compress(str(tmp_path / "s-{0..1}.tar"), ratio=0.5, method="dq", n_bins=2, encoder=f"hf:{tiny_hf}", embedding="features", out=tmp_path / "run", use_cache=False)
+    assert run.manifest["dataset"]["format"] == "webdataset" and len(run.indices) == 4
+    ids = json.loads((tmp_path / "run" / "ids.json").read_text())
+    assert set(ids) <= {f"k{k}{j}" for k in range(2) for j in range(4)} and len(ids) == 4
+    with pytest.raises(DataError, match=r"s-2.tar: no such file"):
+        compress(str(tmp_path / "s-{0..2}.tar"), ratio=0.5, n_bins=2, encoder=f"hf:{tiny_hf}", use_cache=False)

@@ -163,7 +163,13 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
     Raises:
         DataError: naming the first missing file and the option it came from.
     """
-    named = [("DATA", data if isinstance(data, (str, os.PathLike)) and str(data) != "digits" else None), ("labels", labels), ("proxy checkpoint", proxy_checkpoint)]
+    if isinstance(data, (str, os.PathLike)) and "{" in str(data) and not os.path.exists(data):
+        from braceexpand import braceexpand  # WebDataset shards: each file of the pattern
+
+        named = [("DATA", p) for p in braceexpand(str(data))]
+    else:
+        named = [("DATA", data if isinstance(data, (str, os.PathLike)) and str(data) != "digits" else None)]
+    named += [("labels", labels), ("proxy checkpoint", proxy_checkpoint)]
     if isinstance(encoder, str) and encoder.startswith("features:"):
         named.append(("encoder", encoder.split(":", 1)[1]))
     if isinstance(representativeness, (str, os.PathLike)) and str(representativeness) not in ("texture", "embedding"):

@@ -351,7 +351,7 @@ def test_store_review_cases(folder, tmp_path):
     ds = index_image_folder(folder)
     out = tmp_path / "racing"
     out.mkdir()
-    (out / "ids.npy.tmp-otherhost-1-abc").write_bytes(b"partial")
+    (out / ".ids.npy.k2x9qz").write_bytes(b"partial")  # another process's temporary ids file
     embed_to_store(ds, _RowEncoder(len(ds)), out, shard_size=6)
     assert open_store(out).features.shape == (12, 6)
 

@@ -53,6 +53,7 @@ __all__ = [
     "EXPORT_RECORD",
     "Run",
     "atomic_dir",
+    "write_atomic",
     "class_folders",
     "export_subset",
     "file_sha256",
@@ -71,6 +72,24 @@ EXPORT_RECORD = "dsquant-export.json"
 """The file in an exported ImageFolder that maps its folders to the classes and labels."""
 _EXPORT_NPZ_MEMBERS = {"indices.npy", "images.npy", "labels.npy", "classes.npy", "features.npy"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> int:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it into
+    place; returns the bytes written. An interruption leaves the old file or none."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(data)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -207,13 +207,11 @@ def _cmd_embed(args) -> int:
     from .embed import make_encoder
     from .embed.store import embed_to_store
 
-    from .data import DataError
+    from .data.stream import CompressedTarError
 
     try:  # every sample is embedded on its own: stream image folders and tars whatever their size
         dataset = read_dataset(args.data, split=args.split, stream=True, template=args.template)
-    except DataError as exc:
-        if "cannot stream a compressed tar" not in str(exc):
-            raise
+    except CompressedTarError:
         dataset = read_dataset(args.data, split=args.split, stream=False)
     encoder = make_encoder(args.encoder, getattr(dataset, "kind", None), device=args.device, batch_size=args.batch_size, num_workers=args.workers, pool=args.pool, precision=args.precision, skip_bad=args.skip_bad, model=args.text_model)
     progress = not args.quiet and sys.stderr.isatty()

@@ -24,6 +24,7 @@ cluster has GPUs), and the embedding pool leaves one CPU of the cluster free.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
@@ -39,16 +40,23 @@ def _ray():
     return ray
 
 
-def _get(ray, refs):
-    """``ray.get(refs)``, a failed task's own exception re-raised (its one-line message, such
-    as a DataError naming an unreadable image) instead of Ray's multi-line wrapper."""
+@contextmanager
+def _task_errors(ray):
+    """Inside, a failed task's own exception is re-raised (its one-line message, such as a
+    DataError naming an unreadable image) instead of Ray's multi-line wrapper."""
     try:
-        return ray.get(refs)
+        yield
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
             raise cause from None
         raise
+
+
+def _get(ray, refs):
+    """``ray.get(refs)`` with :func:`_task_errors`."""
+    with _task_errors(ray):
+        return ray.get(refs)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None):
@@ -114,13 +122,10 @@ def ray_embed(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "flo
         data_ref, enc_ref = ray.put(dataset), ray.put(encoder)
         actors_made = [worker.remote(data_ref, enc_ref, str(root), manifest) for _ in range(min(n, len(todo)))]
         try:
-            for rec in ActorPool(actors_made).map_unordered(lambda a, k: a.shard.remote(k), todo):
-                if log is not None:
-                    log(shard_line(rec) + f" (actor peak RSS {rec['actor_peak_rss_mb']} MB)")
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(getattr(exc, "cause", None), BaseException):
-                raise exc.cause from None
-            raise
+            with _task_errors(ray):
+                for rec in ActorPool(actors_made).map_unordered(lambda a, k: a.shard.remote(k), todo):
+                    if log is not None:
+                        log(shard_line(rec) + f" (actor peak RSS {rec['actor_peak_rss_mb']} MB)")
         finally:  # their CPUs (and GPUs) go back to the cluster now, not when garbage-collected
             for actor in actors_made:
                 ray.kill(actor)

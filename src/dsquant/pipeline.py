@@ -18,6 +18,7 @@ from .cache import Cache
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import DQBudget, Context, SelectionMethod, make_method
+from .methods.base import check_int
 from .data import DataError, TextDataset, detect_format, read_dataset
 
 if TYPE_CHECKING:
@@ -164,9 +165,9 @@ def _input_files(data, labels, encoder, proxy_checkpoint, representativeness, re
         DataError: naming the first missing file and the option it came from.
     """
     if isinstance(data, (str, os.PathLike)) and "{" in str(data) and not os.path.exists(data):
-        from braceexpand import braceexpand  # WebDataset shards: each file of the pattern
+        from .data.stream import shard_paths  # WebDataset shards: each file of the pattern
 
-        named = [("DATA", p) for p in braceexpand(str(data))]
+        named = [("DATA", p) for p in shard_paths(data)]
     else:
         named = [("DATA", data if isinstance(data, (str, os.PathLike)) and str(data) != "digits" else None)]
     named += [("labels", labels), ("proxy checkpoint", proxy_checkpoint)]
@@ -389,8 +390,8 @@ def compress(
     check_ratio(ratio)
     if engine not in ("local", "ray"):
         raise ValueError(f"engine: expected 'local' or 'ray', got {engine!r}")
-    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1):
-        raise ValueError(f"partitions: expected an integer >= 1, got {partitions!r}")
+    if partitions is not None:
+        check_int("partitions", partitions)
     if engine == "ray":
         from .distributed import _ray
 

@@ -102,13 +102,19 @@ def load_checkpoint(path, what: str = "checkpoint", map_location="cpu"):
         raise DataError(f"{path}: cannot read as a torch {what} ({msg})") from None
 
 
-def available_cores() -> int:
+def affinity_cores() -> int:
     """The cores this process may run on: its CPU affinity (``taskset``, cgroup cpusets, Slurm),
-    not the machine's count; ``OMP_NUM_THREADS`` when the user set it, capped at that."""
+    not the machine's count."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity on macOS / Windows
-        n = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def available_cores() -> int:
+    """The cores this process's torch threads may use: :func:`affinity_cores`, capped at
+    ``OMP_NUM_THREADS`` when the user set it."""
+    n = affinity_cores()
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         n = min(n, int(env))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .features import FeatureDataset, load_array, read_features
 from .text import TEXT_SUFFIXES, TextDataset, read_text_records
-from .stream import STREAM_MIN_IMAGES, StreamedImageDataset, index_image_folder, index_image_tar, index_webdataset
+from .stream import STREAM_MIN_IMAGES, CompressedTarError, StreamedImageDataset, index_image_folder, index_image_tar, index_webdataset
 from .images import (
     DataError,
     ImageDataset,
@@ -196,10 +196,8 @@ def streamed_index(spec, fmt: str, split: str, stream: bool | None) -> StreamedI
             return None
         try:
             index = index_image_tar(spec, split=split)
-        except DataError as exc:
-            if "cannot stream a compressed tar" in str(exc):
-                return None
-            raise
+        except CompressedTarError:
+            return None
     return index if stream or len(index) >= STREAM_MIN_IMAGES else None
 
 

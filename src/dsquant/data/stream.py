@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,13 +284,23 @@ def index_image_folder(root: str | os.PathLike, split: str | None = None) -> Str
     def where(parts):
         nonlocal mtime
         path = base.joinpath(*parts)
-        size = check_regular_file(path)
-        mtime = max(mtime, os.stat(path).st_mtime_ns)
-        return "/".join(parts), str(path), 0, size
+        try:
+            st = os.stat(path)  # one stat per image: its size, type and time
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            check_regular_file(path)  # raises the reader's one-line error
+            st = os.stat(path)  # (it did not: the file changed in between)
+        mtime = max(mtime, st.st_mtime_ns)
+        return "/".join(parts), str(path), 0, st.st_size
 
     ds = _from_entries(entries, order, classes, labels, where, str(root), split, "imagefolder", {})
     ds.signature = {"newest_mtime_ns": mtime}
     return ds
+
+
+class CompressedTarError(DataError):
+    """A compressed tar was to be streamed: its members cannot be read at an offset."""
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:
@@ -297,7 +308,7 @@ def _open_tar(path: Path) -> tarfile.TarFile:
     try:
         tar = tarfile.open(path, "r:", tarinfo=_EndMarkTarInfo)
     except tarfile.ReadError:
-        raise DataError(
+        raise CompressedTarError(
             f"{path}: cannot stream a compressed tar (its members cannot be read at an offset); "
             f"read it in memory (stream=False, CLI --in-memory) or unpack it to a folder or a plain .tar"
         ) from None
@@ -341,7 +352,8 @@ def index_image_tar(path: str | os.PathLike, split: str | None = None) -> Stream
     return _from_entries(entries, order, classes, labels, where, str(path), split, "tar", _signature(path))
 
 
-def _shard_list(shards: str | os.PathLike | Sequence) -> list[Path]:
+def shard_paths(shards: str | os.PathLike | Sequence) -> list[Path]:
+    """The shard files of a brace pattern (``"train-{000..146}.tar"``) or a list of paths."""
     if isinstance(shards, (str, os.PathLike)):
         from braceexpand import braceexpand
 
@@ -367,7 +379,7 @@ def index_webdataset(shards: str | os.PathLike | Sequence, split: str | None = N
     """
     if split not in (None, "train"):
         raise DataError(f"{shards}: WebDataset shards are one split; got split {split!r}")
-    paths = _shard_list(shards)
+    paths = shard_paths(shards)
     if not paths:
         raise DataError(f"{shards}: no shard files")
     files, file_index, offsets, sizes, ids, raw_labels = [], [], [], [], [], []
@@ -457,10 +469,9 @@ def default_workers(device=None) -> int:
     """Decoding worker processes by default: with a CUDA encoder every core this process may
     use but one (at most 16), since decoding then limits the speed; with a CPU encoder half of
     them (at least 1, at most 8), the other half running the encoder."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    from ..training import affinity_cores
+
+    cores = affinity_cores()
     if device is not None and str(device).startswith("cuda"):
         return max(1, min(16, cores - 1))
     return max(1, min(8, cores // 2))
@@ -497,7 +508,7 @@ def iter_image_batches(
 
     Yields:
         ``(positions, batch)``: positions (B,) int64 into ``indices`` and a (B, crop, crop, 3)
-        uint8 batch (a torch tensor, pinned when CUDA is present, or a numpy array).
+        uint8 batch (a torch tensor, pinned for a CUDA ``device``, or a numpy array).
 
     Raises:
         DataError: the first unreadable image, in one line, unless ``skip_bad``.
@@ -528,4 +539,4 @@ def iter_image_batches(
                 yield pos, batch
             else:
                 t = torch.from_numpy(batch)
-                yield pos, (t.pin_memory() if torch.cuda.is_available() else t)
+                yield pos, (t.pin_memory() if str(device).startswith("cuda") else t)

@@ -29,16 +29,18 @@ samples skipped while embedding (``skip_bad``) are left out of the dataset and n
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
+import io
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import hash_key
+from ..artifact import write_atomic
+from ..cache import file_digest, hash_key
 from ..errors import DataError
 
 __all__ = ["STORE_FORMAT", "ShardedArray", "StoreDataset", "embed_to_store", "is_store", "open_store", "parse_shard", "pending_shards", "prepare_store", "store_status", "write_shard"]
@@ -70,33 +72,11 @@ def is_store(path) -> bool:
     return p.is_dir() and (p / MANIFEST).is_file()
 
 
-def _tmp_name(path: Path) -> Path:
-    """A temporary name beside ``path`` no other process picks, on this host or another."""
-    import socket
-    import uuid
-
-    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` as the bytes of a ``.npy`` file (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -225,36 +205,23 @@ def open_store(path) -> StoreDataset:
             ids/labels do not match it, or a shard is unfinished or its file has the wrong size
             (the message says how many shards remain and how to resume).
     """
-    root = Path(path)
     root = Path(path).resolve()  # absolute: tasks on other machines read the same shards
-    m = _read_json(root / MANIFEST, "embedding store manifest")
-    if m.get("format") != STORE_FORMAT or m.get("version") != STORE_VERSION:
-        raise DataError(f"{root / MANIFEST}: not a dsquant embedding store of version {STORE_VERSION} (format {m.get('format')!r}, version {m.get('version')!r})")
-    try:
-        n, dim, size = int(m["n"]), int(m["dim"]), int(m["shard_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{root / MANIFEST}: a store manifest needs integers n, dim and shard_size ({exc})") from None
-    n_shards = -(-n // size)
+    m = _read_manifest(root)
+    n, dim, size = m["n"], m["dim"], m["shard_size"]
     ids = np.load(root / "ids.npy", allow_pickle=False)
     labels = np.load(root / "labels.npy", allow_pickle=False)
     if ids.shape != (n,) or labels.shape != (n,):
         raise DataError(f"{root}: ids.npy {ids.shape} and labels.npy {labels.shape} do not match the manifest's {n} samples")
-    files, starts, missing, bad, shas = [], [], [], [], []
-    for k in range(n_shards):
-        rec = _shard_record(root, k, m)
-        if rec is None:
-            missing.append(k)
-            continue
-        files.append(root / f"{_shard_name(k)}.npy")
-        starts.append(k * size)
-        bad.extend(rec.get("bad", []))
-        shas.append(rec.get("sha256"))
+    records = _shard_records(root, m)
+    missing = [k for k, rec in enumerate(records) if rec is None]
     if missing:
         raise DataError(
-            f"{root}: {len(missing)} of {n_shards} shards are not finished (first: {_shard_name(missing[0])}); "
+            f"{root}: {len(missing)} of {len(records)} shards are not finished (first: {_shard_name(missing[0])}); "
             f"run the same 'dsquant embed' command again to resume"
         )
-    feats = ShardedArray(files, np.array(starts), n, dim)
+    bad = [b for rec in records for b in rec.get("bad", [])]
+    shas = [rec.get("sha256") for rec in records]
+    feats = ShardedArray([root / f"{_shard_name(k)}.npy" for k in range(len(records))], np.arange(len(records)) * size, n, dim)
     keep = np.ones(n, dtype=bool)
     keep[[int(r) for r, _, _ in bad]] = False
     rows = np.flatnonzero(keep)
@@ -301,19 +268,33 @@ def store_status(path) -> dict:
         DataError: if ``path`` has no readable store manifest.
     """
     root = Path(path)
+    m = _read_manifest(root)
+    records = _shard_records(root, m)
+    done = [rec for rec in records if rec is not None]
+    first = next((_shard_name(k) for k, rec in enumerate(records) if rec is None), None)
+    return {"manifest": m, "done": len(done), "first_missing": first, "bytes": sum(int(rec["bytes"]) for rec in done), "bad": [b for rec in done for b in rec.get("bad", [])]}
+
+
+def _read_manifest(root: Path) -> dict:
+    """A store's manifest, checked: its format and version, and integers ``n``, ``dim`` and
+    ``shard_size`` (``n_shards`` derived from them).
+
+    Raises:
+        DataError: naming the manifest, if it is missing, unreadable or not a store's.
+    """
     m = _read_json(root / MANIFEST, "embedding store manifest")
-    if m.get("format") != STORE_FORMAT:
-        raise DataError(f"{root / MANIFEST}: not a dsquant embedding store (format {m.get('format')!r})")
-    done, first, total, bad = 0, None, 0, []
-    for k in range(int(m["n_shards"])):
-        rec = _shard_record(root, k, m)
-        if rec is None:
-            first = first or _shard_name(k)
-            continue
-        done += 1
-        total += int(rec["bytes"])
-        bad.extend(rec.get("bad", []))
-    return {"manifest": m, "done": done, "first_missing": first, "bytes": total, "bad": bad}
+    if m.get("format") != STORE_FORMAT or m.get("version") != STORE_VERSION:
+        raise DataError(f"{root / MANIFEST}: not a dsquant embedding store of version {STORE_VERSION} (format {m.get('format')!r}, version {m.get('version')!r})")
+    try:
+        n, dim, size = int(m["n"]), int(m["dim"]), int(m["shard_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{root / MANIFEST}: a store manifest needs integers n, dim and shard_size ({exc})") from None
+    return dict(m, n=n, dim=dim, shard_size=size, n_shards=-(-n // size))
+
+
+def _shard_records(root: Path, manifest: dict) -> list[dict | None]:
+    """Every shard's completion record, None for a shard not done (:func:`_shard_record`)."""
+    return [_shard_record(root, k, manifest) for k in range(int(manifest["n_shards"]))]
 
 
 def _source_record(dataset) -> dict:
@@ -330,8 +311,9 @@ def _source_record(dataset) -> dict:
 
 
 def _ours(name: str) -> bool:
-    """A file a store being created may already hold (another process got there first)."""
-    return name in ("ids.npy", "labels.npy") or ".tmp-" in name
+    """A file a store being created may already hold (another process got there first): its
+    ids and labels, or the temporary file of one of them or of the manifest."""
+    return name in ("ids.npy", "labels.npy") or name.startswith((".ids.npy.", ".labels.npy.", f".{MANIFEST}."))
 
 
 def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.ndarray) -> dict:
@@ -352,8 +334,10 @@ def _create_or_check(root: Path, manifest: dict, ids: np.ndarray, labels: np.nda
     if root.exists() and any(not _ours(p.name) for p in root.iterdir()):
         raise DataError(f"{root}: exists and is not an embedding store (no {MANIFEST}); dsquant writes a store only into a new or empty directory")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)  # a name no other process picks
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+    tmp = Path(tmp)
     try:
         os.link(tmp, path)  # fails if another process created the manifest first
     except FileExistsError:
@@ -369,7 +353,7 @@ def _index_files(root: Path, ids: np.ndarray, labels: np.ndarray) -> None:
     source, so the same content whichever process writes them)."""
     for name, arr in (("ids.npy", ids), ("labels.npy", labels)):
         if not (root / name).is_file():
-            _write_atomic(root / name, lambda f, arr=arr: np.save(f, arr, allow_pickle=False))
+            write_atomic(root / name, _npy_bytes(arr))
 
 
 def prepare_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str = "float16") -> tuple[Path, dict]:
@@ -444,15 +428,15 @@ def write_shard(root, manifest: dict, dataset, encoder, k: int, progress: bool =
         where = "above float16's range (65504)" if np.all(np.isfinite(raw)) else "NaN or infinite"
         raise DataError(f"{root}: shard {k} has features {where}; embed with --dtype float32" if "float16" in where else f"{root}: shard {k}: the encoder produced {where} features")
     path = root / f"{_shard_name(k)}.npy"
-    _write_atomic(path, lambda f: np.save(f, feats, allow_pickle=False))
+    write_atomic(path, _npy_bytes(feats))
     ids = getattr(dataset, "ids", None)
     rec = {
         "shard": k, "start": int(rows[0]), "stop": int(rows[-1]) + 1, "rows": len(rows),
-        "bytes": path.stat().st_size, "sha256": _sha256(path),
+        "bytes": path.stat().st_size, "sha256": file_digest(path),
         "bad": [[int(r), str(ids[r]) if ids is not None else str(r), msg] for r, msg in bad],
         "seconds": round(time.perf_counter() - t, 3),
     }
-    _write_atomic(root / f"{_shard_name(k)}.json", lambda f: f.write((json.dumps(rec) + "\n").encode()))
+    write_atomic(root / f"{_shard_name(k)}.json", (json.dumps(rec) + "\n").encode())
     return rec
 
 
@@ -497,6 +481,6 @@ def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str =
 
 def store_summary(root, manifest: dict, done_before: int, written: int, seconds: float) -> dict:
     """What :func:`embed_to_store` returns."""
-    n_shards = int(manifest["n_shards"])
-    remaining = sum(_shard_record(Path(root), k, manifest) is None for k in range(n_shards))
-    return {"store": str(root), "n": int(manifest["n"]), "shards": n_shards, "done_before": done_before, "written": written, "remaining": remaining, "seconds": round(seconds, 3)}
+    records = _shard_records(Path(root), manifest)
+    remaining = sum(rec is None for rec in records)
+    return {"store": str(root), "n": int(manifest["n"]), "shards": len(records), "done_before": done_before, "written": written, "remaining": remaining, "seconds": round(seconds, 3)}

@@ -37,13 +37,13 @@ import io
 import json
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..artifact import write_atomic  # noqa: F401  (re-exported: pixels.store.write_atomic)
 from .patches import patch_grid
 
 __all__ = ["PatchStore", "Codec", "MAGIC", "VERSION", "READABLE_VERSIONS", "kept_psnr", "images_per_tile", "write_atomic"]
@@ -123,24 +123,6 @@ def images_per_tile(image_shape: tuple[int, int, int]) -> int:
     height at most :data:`MAX_SIDE`."""
     h, w = image_shape[:2]
     return max(1, min(TILE_PIXELS // (h * w), MAX_SIDE // h))
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> int:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it into
-    place; returns the bytes written. An interruption leaves the old file or none."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return len(data)
 
 
 def _paste(patches: np.ndarray, masks: np.ndarray, patch: int, image_shape: tuple[int, int, int]) -> np.ndarray:

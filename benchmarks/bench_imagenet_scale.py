@@ -63,18 +63,30 @@ def _child(args: list[str]) -> tuple[float, float, str]:
     return wall, peak / 1024, p.stdout
 
 
-def make_folder(root: Path, n: int, classes: int, seed: int = 0) -> None:
-    from PIL import Image
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed)
+def make_folder(root: Path, n: int, classes: int, seed: int = 0, workers: int = 1) -> None:
     if root.exists() and any(root.iterdir()):
         sys.exit(f"{root}: exists and is not empty")
     for c in range(classes):
         (root / f"n{c:08d}").mkdir(parents=True, exist_ok=True)
+    if workers > 1:  # chunks of 1,000 images, each from its own seed: the same folder for any number of workers > 1
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [(root, range(s, min(s + 1000, n)), classes, seed * 1_000_003 + s) for s in range(0, n, 1000)]
+        with ProcessPoolExecutor(workers) as pool:
+            total = sum(pool.map(_make_images, *zip(*chunks)))
+    else:
+        total = _make_images(root, range(n), classes, seed, progress=True)
+    print(f"wrote {n} JPEGs in {classes} classes to {root}: {total / 1e9:.2f} GB, mean {total / n / 1e3:.1f} KB")
+
+
+def _make_images(root: Path, ids: range, classes: int, seed: int, progress: bool = False) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
     total = 0
     noise = rng.integers(-12, 13, (1024, 1024, 3), dtype=np.int16)  # windows of it, at random offsets
-    for i in tqdm(range(n), unit="img", desc="make"):
+    for i in tqdm(ids, unit="img", desc="make", disable=not progress):
         w, h = (int(x) for x in rng.integers(200, 501, 2))
         small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         im = Image.fromarray(small).resize((w, h), Image.BICUBIC)
@@ -83,7 +95,7 @@ def make_folder(root: Path, n: int, classes: int, seed: int = 0) -> None:
         path = root / f"n{i % classes:08d}" / f"img_{i:08d}.JPEG"
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
         total += path.stat().st_size
-    print(f"wrote {n} JPEGs in {classes} classes to {root}: {total / 1e9:.2f} GB, mean {total / n / 1e3:.1f} KB")
+    return total
 
 
 def decode(root: Path, images: int, workers: list[int]) -> None:
@@ -116,35 +128,53 @@ def index(root: Path) -> None:
           f"{(peak - base) * 1e6 / n / 1.048576:.0f} bytes per image at the peak (listing), {kept:.0f} bytes per image kept (the index arrays and paths)")
 
 
-def embed_speed(models: list[str], images: int) -> None:
+def embed_speed(models: list[str], images: int, device: str = "cpu", batch: int = 32) -> None:
     import torch
     from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
     from dsquant.training import set_threads
 
     set_threads()
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     builders = {"resnet50": lambda: ResNetModel(ResNetConfig()), "vit-b16": lambda: ViTModel(ViTConfig(), add_pooling_layer=False)}
-    print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    print(f"device {dev} ({where}), threads {torch.get_num_threads()}, batch {batch}")
     print("| model | parameters | precision | images/s | GFLOP/image (published) | GFLOP/s here |\n|---|---|---|---|---|---|")
     gflops = {"resnet50": 4.1, "vit-b16": 17.6}
     for name in models:
         torch.manual_seed(0)
-        model = builders[name]().eval()
+        model = builders[name]().eval().to(dev)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        x = torch.randn(32, 3, 224, 224)
+        x = torch.randn(batch, 3, 224, 224, device=dev)
         for precision in ("bf16 autocast", "float32"):
             cnn = name.startswith("resnet")
             m = model.to(memory_format=torch.channels_last) if cnn else model
             xx = x.contiguous(memory_format=torch.channels_last) if cnn else x
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else torch.autocast("cpu", enabled=False)
+            ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
             with torch.inference_mode(), ctx:
-                m(pixel_values=xx[:4])
+                for _ in range(3 if dev.type == "cuda" else 1):  # warm-up (cuDNN picks its kernels)
+                    m(pixel_values=xx[: max(4, batch // 8)] if dev.type == "cpu" else xx)
+                sync()
                 done, t = 0, time.perf_counter()
                 while done < images:
                     m(pixel_values=xx)
                     done += len(xx)
+                sync()
                 s = time.perf_counter() - t
-            print(f"| {name} | {params:.1f} M | {precision} | {done / s:.1f} | {gflops[name]} | {done / s * gflops[name]:.0f} |")
+            print(f"| {name} | {params:.1f} M | {precision} | {done / s:.1f} | {gflops[name]} | {done / s * gflops[name]:.0f} |", flush=True)
+
+
+def _full_model(name: str, path: Path) -> None:
+    """A random ResNet-50 or ViT-B/16 saved as a transformers folder (with an ImageNet
+    preprocessor config): the speed of the real models."""
+    import torch
+    from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    model = ResNetModel(ResNetConfig()) if name == "resnet50" else ViTModel(ViTConfig(), add_pooling_layer=False)
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2}))
 
 
 def _tiny_model(path: Path) -> None:
@@ -156,16 +186,18 @@ def _tiny_model(path: Path) -> None:
     (path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2}))
 
 
-def embed_store(root: Path, store: Path) -> None:
-    model = store.with_name(store.name + "-tiny-model")
+def embed_store(root: Path, store: Path, model_name: str = "tiny", device: str | None = None, workers: int | None = None, batch: int = 128) -> None:
+    model = store.with_name(f"{store.name}-{model_name}-model")
     if not model.exists():
-        _tiny_model(model)
+        _tiny_model(model) if model_name == "tiny" else _full_model(model_name, model)
     dsq = [sys.executable, "-m", "dsquant.cli"]
-    wall, peak, out = _child(dsq + ["embed", str(root), "--encoder", f"hf:{model}", "--out", str(store), "--quiet", "--batch-size", "128"])
+    extra = (["--device", device] if device else []) + (["--workers", str(workers)] if workers is not None else [])
+    wall, peak, out = _child(dsq + ["embed", str(root), "--encoder", f"hf:{model}", "--out", str(store), "--quiet", "--batch-size", str(batch)] + extra)
     print(out.strip().splitlines()[-1])
     size = sum(p.stat().st_size for p in store.iterdir())
     n = json.loads((store / "store.json").read_text())["n"]
-    print(f"dsquant embed of {n} images with a tiny encoder: {wall:.0f} s ({n / wall:.0f} images/s end to end), peak RSS {peak:.0f} MB, store {size / 1e6:.1f} MB")
+    print(f"dsquant embed of {n} images with {model_name} ({device or 'default device'}, workers {workers if workers is not None else 'default'}): "
+          f"{wall:.0f} s ({n / wall:.0f} images/s end to end, start-up included), peak RSS {peak:.0f} MB, store {size / 1e6:.1f} MB")
 
 
 def store_bins(store: Path, n: int, dim: int, classes: int, shard_size: int = 100_000) -> None:
@@ -215,23 +247,25 @@ def store_bins(store: Path, n: int, dim: int, classes: int, shard_size: int = 10
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("make-folder"); a.add_argument("dir", type=Path); a.add_argument("--n", type=int, default=100_000); a.add_argument("--classes", type=int, default=1000)
+    a = sub.add_parser("make-folder"); a.add_argument("dir", type=Path); a.add_argument("--n", type=int, default=100_000); a.add_argument("--classes", type=int, default=1000); a.add_argument("--workers", type=int, default=1)
     a = sub.add_parser("decode"); a.add_argument("dir", type=Path); a.add_argument("--images", type=int, default=4000); a.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     a = sub.add_parser("index"); a.add_argument("dir", type=Path)
     a = sub.add_parser("embed-speed"); a.add_argument("--models", nargs="+", default=["resnet50", "vit-b16"]); a.add_argument("--images", type=int, default=64)
-    a = sub.add_parser("embed-store"); a.add_argument("dir", type=Path); a.add_argument("store", type=Path)
+    a.add_argument("--device", default="cpu"); a.add_argument("--batch", type=int, default=32)
+    a = sub.add_parser("embed-store"); a.add_argument("dir", type=Path); a.add_argument("store", type=Path); a.add_argument("--model", choices=["tiny", "resnet50", "vit-b16"], default="tiny")
+    a.add_argument("--device"); a.add_argument("--workers", type=int); a.add_argument("--batch-size", type=int, default=128)
     a = sub.add_parser("store-bins"); a.add_argument("store", type=Path); a.add_argument("--n", type=int, default=1_281_167); a.add_argument("--dim", type=int, default=768); a.add_argument("--classes", type=int, default=1000)
     args = p.parse_args()
     if args.cmd == "make-folder":
-        make_folder(args.dir, args.n, args.classes)
+        make_folder(args.dir, args.n, args.classes, workers=args.workers)
     elif args.cmd == "decode":
         decode(args.dir, args.images, args.workers)
     elif args.cmd == "index":
         index(args.dir)
     elif args.cmd == "embed-speed":
-        embed_speed(args.models, args.images)
+        embed_speed(args.models, args.images, args.device, args.batch)
     elif args.cmd == "embed-store":
-        embed_store(args.dir, args.store)
+        embed_store(args.dir, args.store, args.model, args.device, args.workers, args.batch_size)
     else:
         store_bins(args.store, args.n, args.dim, args.classes)
 

@@ -105,7 +105,9 @@ def _views(dataset, encoder: str, proxy, seed: int, cache: Cache | None, device,
         return hit["a"], hit["b"], {**config, "cached": True, **_json(hit["info"])}
     info: dict = {}
     if encoder == "proxy":
-        model = proxy_model.eval()
+        from .training import resolve_device
+
+        model = proxy_model.to(resolve_device(device)).eval()  # a proxy read from the cache is on the CPU
         fn = lambda x: model.embed(x)[0]  # noqa: E731
     else:
         simclr.train(dataset.images, len(dataset.classes), progress)

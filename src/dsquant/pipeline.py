@@ -280,6 +280,7 @@ def compress(
     mae_options: dict | None = None,
     text_model: str = "all-MiniLM-L6-v2",
     text_max_tokens: int | None = None,
+    encoder_precision: str = "auto",
     template: str | None = None,
     group_by: str | None = None,
     stream: bool | None = None,
@@ -350,6 +351,9 @@ def compress(
         text_model: sentence-transformers model for text (default all-MiniLM-L6-v2, offline).
         text_max_tokens: truncate every text to this many tokens (default: the model's, 256
             for all-MiniLM-L6-v2); fewer is faster on long records.
+        encoder_precision: compute dtype of the sentence and ``hf:`` encoders: ``"auto"``
+            (bf16 on CPUs with native bf16; mixed precision for ``hf:`` models on CUDA; float32
+            otherwise), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         template: the text embedded per record, a ``str.format`` template over its fields
             (default DQ's: instruction + input + output).
         group_by: a record field; its groups are binned separately, like classes.
@@ -411,7 +415,7 @@ def compress(
         raise ValueError("patch_quality: sets the codec of dropped-patch storage; it needs drop_ratio (--drop-ratio) too")
     check_export(export)
     proxy_seed = seed if proxy_seed is None else proxy_seed
-    options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "device": device}
+    options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "precision": encoder_precision, "device": device}
     if encoder is not None:
         _encoder(None, encoder, **options)  # an unknown encoder name is refused before the data is read
     inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)

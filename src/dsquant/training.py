@@ -7,6 +7,7 @@ choice comes from one seeded ``torch.Generator``; the global torch RNG is left u
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -46,6 +47,9 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     Raises:
         ValueError: on any other name, or a device that is not available here.
     """
+    if torch.cuda.is_available() and not torch.cuda.is_initialized():
+        # deterministic cuBLAS (training under deterministic()) needs this before cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     text = str(spec).strip().lower()
@@ -260,6 +264,31 @@ def train_loop(
     Returns:
         The loss of every step, as floats.
     """
+    with deterministic(next(model.parameters(), torch.empty(0)).device):
+        return _train_loop(model, step_loss, opt, n, epochs, batch_size, lr, gen, schedule, warmup, pool, small_data_steps, min_batch, progress, desc, on_step, on_epoch)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device):
+    """On CUDA, deterministic kernels for the duration (cuDNN's deterministic algorithms, no
+    autotuning, torch's deterministic mode with warnings for ops that have no such kernel), so
+    that a seed gives the same model there too; the previous settings are restored afterwards.
+    Nothing changes on the CPU, whose kernels are deterministic for a fixed thread count."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.deterministic, cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+
+
+def _train_loop(model, step_loss, opt, n, epochs, batch_size, lr, gen, schedule, warmup, pool, small_data_steps, min_batch, progress, desc, on_step, on_epoch) -> list[float]:
     from tqdm.auto import tqdm
 
     order_of = (lambda: torch.randperm(n, generator=gen).numpy()) if pool is None else (lambda: pool[torch.randperm(len(pool), generator=gen).numpy()])

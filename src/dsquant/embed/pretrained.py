@@ -46,6 +46,7 @@ image-text model read its vision tower's output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -162,6 +163,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
+def _ieee_float32(device: torch.device, dtype: torch.dtype):
+    """float32 means float32 on CUDA too: cuDNN's convolutions otherwise round their inputs to
+    TF32 (10-bit mantissa) by default, which moves features by 1e-3 between batch sizes."""
+    if device.type != "cuda" or dtype != torch.float32:
+        return contextlib.nullcontext()
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -219,7 +229,7 @@ class Backbone:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = getattr(torch, self.precision)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32), _ieee_float32(self.device, dtype):
             out = self._forward(x)
         if out.ndim == 4 and out.shape[2:] == (1, 1):
             out = out.flatten(1)

@@ -83,9 +83,20 @@ class SentenceEncoder:
         batch_size: texts per forward pass.
         max_seq_length: truncate texts to this many tokens (the model's default if None).
         device: torch device (default CUDA when present).
+        precision: the model's weights and compute dtype: ``"auto"`` (default: bf16 on CPUs with
+            native bf16, AMX or AVX512-BF16, measured 2.4x float32 on 2 cores of such a CPU with
+            the embedding kept, mean cosine 0.99994 to float32; float32 on other CPUs, where bf16
+            is 5-6x slower, and on CUDA, where the tokenizer and not the GPU sets the pace),
+            ``"float32"``, ``"bfloat16"`` or ``"float16"``. Embeddings are float32 either way.
+        sort: ``"tokens"`` batches texts of equal token length together, so a batch is padded to
+            little more than its longest text (sentence-transformers' own order, by characters,
+            pads about three times as much); ``"chars"`` leaves the order to
+            sentence-transformers; ``"auto"`` (default) is tokens on the CPU and chars on CUDA,
+            where tokenizing twice costs more than the padding. The embedding of a text does not
+            depend on its batch (to float32 rounding).
 
     Raises:
-        ValueError: on an unusable device.
+        ValueError: on an unusable device, precision or sort.
     """
 
     name = "sentence"
@@ -94,14 +105,23 @@ class SentenceEncoder:
     argument = None
     cached = True
 
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 128, max_seq_length: int | None = None, device: str | None = None) -> None:
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, batch_size: int = 128, max_seq_length: int | None = None, device: str | None = None,
+                 precision: str = "auto", sort: str = "auto") -> None:
         from ..training import resolve_device
+        from .pretrained import cpu_has_fast_bf16, resolve_precision
 
-        resolve_device(device)
+        dev = resolve_device(device)
+        native_bf16 = dev.type == "cpu" and cpu_has_fast_bf16()
+        self.dtype = resolve_precision(precision, dev) if precision != "auto" else ("bfloat16" if native_bf16 else "float32")
+        if sort not in ("auto", "tokens", "chars"):
+            raise ValueError(f"sort: expected 'auto', 'tokens' or 'chars', got {sort!r}")
+        self._by_tokens = sort == "tokens" or (sort == "auto" and dev.type != "cuda")
         self.model_name = model
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.device = device
+        self.precision = precision
+        self.sort = sort
         self._model = None
 
     def __getstate__(self) -> dict:  # sent to other processes (Ray actors): loaded there
@@ -110,6 +130,8 @@ class SentenceEncoder:
     def config(self) -> dict:
         path, how = resolve_model(self.model_name)
         cfg = {"encoder": self.name, "model": self.model_name, "resolved": how, "max_seq_length": self.max_seq_length}
+        if self.dtype != "float32":  # float32 keeps the key of embeddings cached before precisions existed
+            cfg["dtype"] = self.dtype
         if how != "sentence-transformers model name":
             from ..cache import file_digest
 
@@ -138,7 +160,10 @@ class SentenceEncoder:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
                 with contextlib.nullcontext() if progress else _quiet_loading():
-                    self._model = SentenceTransformer(path, device=str(resolve_device(self.device)))
+                    import torch
+
+                    # always named: transformers 5 loads a checkpoint saved in float16 as float16 otherwise
+                    self._model = SentenceTransformer(path, device=str(resolve_device(self.device)), model_kwargs={"dtype": getattr(torch, self.dtype)})
             except (OSError, ValueError) as exc:
                 raise ValueError(f"text model: cannot load {self.model_name!r} ({str(exc).splitlines()[0]})") from None
             if self.max_seq_length:
@@ -150,8 +175,38 @@ class SentenceEncoder:
         :func:`clean_text`)."""
         model = self.load(progress)
         texts = [clean_text(t) for t in texts]
-        out = model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True)
-        return np.asarray(out, dtype=np.float32)
+        if not self._by_tokens or len(texts) <= self.batch_size:
+            out = model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True)
+            return self._unit(np.asarray(out, dtype=np.float32))
+        order = np.argsort(-self.token_lengths(texts), kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="embedding texts", unit="batch")
+        for start in starts:
+            rows = order[start:start + self.batch_size]
+            out[rows] = model.encode([texts[i] for i in rows], batch_size=len(rows), show_progress_bar=False, convert_to_numpy=True, normalize_embeddings=True)
+        return self._unit(out)
+
+    def _unit(self, out: np.ndarray) -> np.ndarray:
+        """``out`` with unit rows in float32 (a model in 16 bits normalises in 16 bits: norms
+        up to 1 +- 0.004)."""
+        if self.dtype != "float32":
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        return out
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """(N,) int64 number of tokens of each text as the model reads it (special tokens
+        included, truncated at the model's ``max_seq_length``)."""
+        model = self.load(False)
+        tokenizer, limit = model.tokenizer, model.max_seq_length
+        lengths = np.empty(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), 4096):
+            chunk = tokenizer(texts[start:start + 4096], truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
+            lengths[start:start + len(chunk)] = [len(ids) for ids in chunk]
+        return lengths
 
     @property
     def dim(self) -> int:

@@ -34,7 +34,7 @@ def make(mode: str, model: str, device: str | None, batch_size: int):
     from dsquant.embed.text import SentenceEncoder
 
     if mode == "static":
-        from dsquant.embed.text import StaticEncoder
+        from dsquant.embed.static import StaticEncoder
 
         return StaticEncoder()
     parts = mode.split("-")

@@ -187,3 +187,51 @@ def test_token_batching_and_precision_of_the_sentence_encoder(tiny_sentence_mode
         SentenceEncoder(sort="length")
     with pytest.raises(ValueError, match="precision: expected one of"):
         SentenceEncoder(precision="int8")
+
+
+def test_static_encoder_distils_model2vec_style_and_caches(tiny_sentence_model, tmp_path, monkeypatch):
+    """Row i of the static table is the model's mean output over [SEP, i, CLS], rotated by PCA
+    and scaled by its SIF weight: undoing the weights gives the Gram matrix of the centred naive
+    vectors (PCA with every component is a rotation). A text is the normalised mean of its
+    tokens' rows. The table is distilled once, then read from the cache; a model2vec folder is
+    used as it is; --text-model static routes to this encoder."""
+    import torch
+    from safetensors.numpy import save_file
+
+    from dsquant.embed import StaticEncoder, make_encoder
+    from dsquant.embed.static import distill_static
+    from dsquant.embed.text import SentenceEncoder
+
+    monkeypatch.setenv("DSQUANT_CACHE", str(tmp_path / "cache"))
+    st = SentenceEncoder(str(tiny_sentence_model), precision="float32", device="cpu").load(False)
+    vectors, tok = distill_static(st)
+    size, hidden = len(st.tokenizer.get_vocab()), st[0].auto_model.config.hidden_size
+    assert vectors.shape == (size, min(hidden, size)) and vectors.dtype == np.float32
+    cls, sep = st.tokenizer.cls_token_id, st.tokenizer.sep_token_id
+    with torch.inference_mode():
+        ids = torch.tensor([[sep, i, cls] for i in range(size)])
+        naive = st[0].auto_model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).last_hidden_state.mean(1).numpy()
+    zipf = 1 / np.arange(2, size + 2)
+    unscaled = vectors / (1e-4 / (1e-4 + zipf / zipf.sum()))[:, None]
+    centred = naive - naive.mean(0)  # PCA with every component: centring and a rotation, so Gram matrices agree
+    assert np.allclose(unscaled @ unscaled.T, centred @ centred.T, atol=1e-4)
+
+    enc = StaticEncoder(f"static:{tiny_sentence_model}")
+    texts = ["the cat sat on the mat", "a dog", "stock prices fell sharply"]
+    got = enc.encode_texts(texts)
+    assert enc.info == {"distilled": True, "distill_seconds": enc.info["distill_seconds"]}
+    for text, row in zip(texts, got):
+        want = vectors[st.tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
+        assert np.allclose(row, want / np.linalg.norm(want), atol=1e-5)
+    again = StaticEncoder(f"static:{tiny_sentence_model}")
+    assert np.array_equal(again.encode_texts(texts), got) and again.info == {"distilled": False}
+
+    m2v = tmp_path / "m2v"
+    m2v.mkdir()
+    save_file({"embeddings": vectors[:, :4].copy()}, str(m2v / "model.safetensors"))
+    (m2v / "tokenizer.json").write_text(tok)
+    (m2v / "config.json").write_text(json.dumps({"model_type": "model2vec", "normalize": True}))
+    small = StaticEncoder(f"static:{m2v}").encode_texts(texts)
+    want = vectors[st.tokenizer("a dog", add_special_tokens=False)["input_ids"], :4].mean(0)
+    assert small.shape == (3, 4) and np.allclose(small[1], want / np.linalg.norm(want), atol=1e-6)
+    assert isinstance(make_encoder(None, "text", model="static"), StaticEncoder) and isinstance(make_encoder(None, "text", model="all-MiniLM-L6-v2"), SentenceEncoder)

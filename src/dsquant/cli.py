@@ -108,7 +108,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--encoder",), dict(dest="encoder", help=f"default: proxy for images, sentence for text, the features themselves for feature data. {encoders}")),
         (("--max-tokens",), dict(dest="text_max_tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")),
         (("--encoder-precision",), dict(dest="encoder_precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype of the sentence and hf: encoders. auto (default): bf16 on CPUs with AMX/AVX512-BF16 (2.4x float32 for text, the embedding kept), mixed precision for hf: models on CUDA, float32 otherwise")),
-        (("--text-model",), dict(dest="text_model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline)")),
+        (("--text-model",), dict(dest="text_model", default="all-MiniLM-L6-v2", help="text: sentence-transformers model name or path (default all-MiniLM-L6-v2, offline); static: a static embedding distilled from it (model2vec's recipe, cached; 100x faster, coarser), static:PATH from another model or a model2vec folder")),
         (("--template",), dict(dest="template", help="text: what to embed per record, e.g. '{instruction} {output}' (default: DQ's instruction + input + output)")),
         (("--group-by",), dict(dest="group_by", help="text: a record field whose groups are binned separately, like classes")),
         (("--embedding",), dict(dest="embedding", choices=["gradient", "features"], default="gradient", help="proxy embedding binned on: last-layer gradients (default) or penultimate features")),

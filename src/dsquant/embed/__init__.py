@@ -13,6 +13,7 @@ from .proxy import ProxyEncoder, softmax_delta
 from .simple import IdentityEncoder, PixelEncoder, PrecomputedEncoder
 from .kmeans import KMeansFeatureEncoder
 from .text import SentenceEncoder
+from .static import StaticEncoder
 from .pretrained_encoder import HFEncoder, OpenCLIPEncoder, PretrainedEncoder, TimmEncoder, TorchScriptEncoder
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PretrainedEncoder",
     "ProxyEncoder",
     "SentenceEncoder",
+    "StaticEncoder",
     "cached_proxy",
     "embedding_key",
     "fitted_proxy",
@@ -40,7 +42,7 @@ __all__ = [
 _EMBED_VERSION = 1
 
 
-ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, KMeansFeatureEncoder, PrecomputedEncoder, SentenceEncoder, IdentityEncoder, HFEncoder, TorchScriptEncoder, TimmEncoder, OpenCLIPEncoder)}
+ENCODERS: dict[str, type] = {cls.name: cls for cls in (ProxyEncoder, PixelEncoder, KMeansFeatureEncoder, PrecomputedEncoder, SentenceEncoder, StaticEncoder, IdentityEncoder, HFEncoder, TorchScriptEncoder, TimmEncoder, OpenCLIPEncoder)}
 """Every encoder by name. A class here has ``name``, ``kinds`` (the data kinds it embeds:
 ``"images"``, ``"text"``, ``"features"``), ``summary`` (one line for ``--help``), ``argument``
 (what follows ``NAME:`` in a spec, e.g. ``PATH``, or None), ``cached`` (whether :func:`embed`
@@ -98,6 +100,8 @@ def make_encoder(spec, kind: str | None = None, **options) -> Encoder:
     if not isinstance(spec, str):
         raise ValueError(f"encoder: expected a name ({_spec_names(kind)}) or an encoder object, got {spec!r}")
     name, sep, arg = spec.partition(":")
+    if name == SentenceEncoder.name and str(options.get("model", "")).startswith(StaticEncoder.name):
+        name = StaticEncoder.name  # --text-model static[:PATH]
     cls = ENCODERS.get(name)
     if cls is None or bool(getattr(cls, "argument", None)) != bool(sep) or (sep and not arg):
         raise ValueError(f"encoder: expected one of {_spec_names(kind)}, got {spec!r}")

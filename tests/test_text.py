@@ -257,3 +257,19 @@ def test_emulated_half_precision_is_noticed_once(monkeypatch, caplog):
     caplog.clear()
     pretrained._slow_half_notice.cache_clear()
     assert pretrained.resolve_precision("auto", cpu) == "bfloat16" and pretrained.resolve_precision("bfloat16", cpu) == "bfloat16" and not caplog.records
+
+
+def test_static_table_follows_the_runs_cache_dir(tiny_sentence_model, tmp_path, monkeypatch):
+    """compress(cache_dir=D) caches the distilled table under D (not the default cache), and
+    use_cache=False distils without writing anything."""
+    from dsquant.embed import make_encoder
+
+    monkeypatch.setenv("DSQUANT_CACHE", str(tmp_path / "default"))
+    data = tmp_path / "a.jsonl"
+    _write(data, ALPACA * 3)
+    res = compress(str(data), ratio=0.5, n_bins=2, text_model=f"static:{tiny_sentence_model}", cache_dir=tmp_path / "run-cache")
+    assert len(res.indices) == 9 and len(list((tmp_path / "run-cache" / "static").glob("*.npz"))) == 1
+    assert not (tmp_path / "default" / "static").exists()
+    enc = make_encoder(None, "text", model=f"static:{tiny_sentence_model}", cache_dir=False)
+    enc.encode_texts(["a cat"])
+    assert enc.info["distilled"] and not (tmp_path / "default" / "static").exists()

@@ -415,7 +415,7 @@ def compress(
         raise ValueError("patch_quality: sets the codec of dropped-patch storage; it needs drop_ratio (--drop-ratio) too")
     check_export(export)
     proxy_seed = seed if proxy_seed is None else proxy_seed
-    options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "precision": encoder_precision, "device": device}
+    options = {"epochs": epochs, "width": proxy_width, "seed": proxy_seed, "embedding": embedding, "checkpoint": proxy_checkpoint, "model": text_model, "max_seq_length": text_max_tokens, "precision": encoder_precision, "device": device, "cache_dir": cache_dir if use_cache else False}
     if encoder is not None:
         _encoder(None, encoder, **options)  # an unknown encoder name is refused before the data is read
     inputs = _input_files(data, labels, encoder, proxy_checkpoint, representativeness, reconstructor if drop_ratio is not None else None)

@@ -7,7 +7,7 @@ token's vector; PCA reduces the vectors to 256 dimensions; each vector is scaled
 weight ``a / (a + p)`` with ``a = 1e-4`` and ``p`` the token's probability under Zipf's law by
 its rank in the vocabulary. Texts are tokenized without special tokens and without a length
 limit. No data is needed, and distilling all-MiniLM-L6-v2 takes about a minute on 2 cores; the
-result is cached (``~/.cache/dsquant/static``), and embedding is 100x faster than the model it
+result is cached (``~/.cache/dsquant/static``, or the run's ``--cache-dir``), and embedding is 100x faster than the model it
 comes from, at a quality cost measured in ``docs/text.md``.
 
 The distillation is ours (model2vec's own needs transformers < 5.4); inference runs through
@@ -88,6 +88,8 @@ class StaticEncoder:
         batch_size: texts per call of the module.
         device: torch device of the distillation (default CUDA when present); embedding runs on
             the CPU.
+        cache_dir: where the distilled table is cached (default dsquant's cache, ``compress``'s
+            ``cache_dir`` when run from there); False: not cached (distilled on every load).
 
     Raises:
         ValueError: on an unusable device or a model that cannot be loaded.
@@ -99,7 +101,7 @@ class StaticEncoder:
     argument = None
     cached = True
 
-    def __init__(self, model: str = "static", batch_size: int = 4096, device: str | None = None) -> None:
+    def __init__(self, model: str = "static", batch_size: int = 4096, device: str | None = None, cache_dir=None) -> None:
         from ..training import resolve_device
 
         resolve_device(device)
@@ -108,6 +110,7 @@ class StaticEncoder:
         self.source = source or "all-MiniLM-L6-v2"
         self.batch_size = batch_size
         self.device = device
+        self.cache_dir = cache_dir
         self._model = None
         self.info: dict = {}
 
@@ -143,7 +146,7 @@ class StaticEncoder:
         from ..cache import Cache, hash_key
         from .text import SentenceEncoder
 
-        cache = Cache()
+        cache = Cache(self.cache_dir or None, enabled=self.cache_dir is not False)
         key = hash_key(self.config())
         expect = {"vectors": ("f", (None, None)), "tokenizer": ("U", 0)}
         hit = cache.load("static", key, expect)

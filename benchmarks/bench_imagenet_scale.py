@@ -165,6 +165,10 @@ def embed_speed(models: list[str], images: int, device: str = "cpu", batch: int 
             print(f"| {name} | {params:.1f} M | {precision} | {done / s:.1f} | {gflops[name]} | {done / s * gflops[name]:.0f} |", flush=True)
 
 
+_IMAGENET_PREPROCESSING = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+                           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2}
+
+
 def _full_model(name: str, path: Path) -> None:
     """A random ResNet-50 or ViT-B/16 saved as a transformers folder (with an ImageNet
     preprocessor config): the speed of the real models."""
@@ -174,7 +178,7 @@ def _full_model(name: str, path: Path) -> None:
     torch.manual_seed(0)
     model = ResNetModel(ResNetConfig()) if name == "resnet50" else ViTModel(ViTConfig(), add_pooling_layer=False)
     model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2}))
+    (path / "preprocessor_config.json").write_text(json.dumps(_IMAGENET_PREPROCESSING))
 
 
 def _tiny_model(path: Path) -> None:
@@ -183,7 +187,7 @@ def _tiny_model(path: Path) -> None:
 
     torch.manual_seed(0)
     ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2}))
+    (path / "preprocessor_config.json").write_text(json.dumps(_IMAGENET_PREPROCESSING))
 
 
 def embed_store(root: Path, store: Path, model_name: str = "tiny", device: str | None = None, workers: int | None = None, batch: int = 128) -> None:

@@ -83,8 +83,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16 {cpu_has_fast_bf16()}, device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, "
           f"{len(texts)} records x {args.rounds} rounds", flush=True)
-    encoders["fp32"].encode_texts(texts[:8])  # warm up every mode once
-    for enc in encoders.values():
+    for enc in encoders.values():  # warm up every mode once
         enc.encode_texts(texts[:8])
     rates: dict[str, list[float]] = {m: [] for m in modes}
     out: dict[str, np.ndarray] = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Embedding
+from .text import TextEncoder, clean_text
 
 __all__ = ["StaticEncoder", "distill_static"]
 
@@ -78,7 +78,7 @@ def distill_static(st_model, pca_dims: int = 256, sif: float = 1e-4, batch_size:
     return vectors, backend.to_str()
 
 
-class StaticEncoder:
+class StaticEncoder(TextEncoder):
     """Embed texts as the normalised mean of static token vectors (module docstring).
 
     Args:
@@ -113,9 +113,6 @@ class StaticEncoder:
         self.cache_dir = cache_dir
         self._model = None
         self.info: dict = {}
-
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__, _model=None)
 
     def _is_model2vec(self) -> bool:
         cfg = Path(self.source) / "config.json"
@@ -180,26 +177,8 @@ class StaticEncoder:
             self._model = SentenceTransformer(modules=[module], device="cpu")
         return self._model
 
-    @property
-    def dim(self) -> int:
-        """The embedding dimension (builds the model)."""
-        model = self.load(False)
-        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # renamed in 6.x
-        return int(get())
-
     def encode_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """(N, d) float32 L2-normalised embeddings of ``texts``."""
-        from .text import clean_text
-
         model = self.load(progress)
         out = model.encode([clean_text(t) for t in texts], batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True)
         return np.asarray(out, dtype=np.float32)
-
-    def encode_rows(self, dataset, indices=None, progress: bool = False, bad: list | None = None) -> np.ndarray:
-        texts = dataset.texts if indices is None else [dataset.texts[int(i)] for i in indices]
-        return self.encode_texts(texts, progress)
-
-    def encode(self, dataset, progress: bool = False) -> Embedding:
-        t = time.perf_counter()
-        feats = self.encode_texts(dataset.texts, progress)
-        return Embedding(feats, info={**self.info, "embed_seconds": round(time.perf_counter() - t, 2), "model": self.model_name})

@@ -16,7 +16,7 @@ import numpy as np
 
 from .base import Embedding
 
-__all__ = ["SentenceEncoder", "resolve_model", "clean_text", "DEFAULT_TEXT_MODEL"]
+__all__ = ["SentenceEncoder", "TextEncoder", "resolve_model", "clean_text", "DEFAULT_TEXT_MODEL"]
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -75,7 +75,38 @@ def _quiet_loading():
             hub.enable_progress_bars()
 
 
-class SentenceEncoder:
+class TextEncoder:
+    """What the text encoders share: a sentence-transformers model built by ``load``, texts
+    embedded by ``encode_texts``; this class gives the dimension, rows of a dataset, the whole
+    dataset, and pickling without the loaded model (Ray actors load it there)."""
+
+    model_name: str
+    info: dict = {}  # extra facts for the embedding's info (replaced, never mutated)
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _model=None)
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension (loads the model)."""
+        model = self.load(False)
+        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # renamed in 6.x
+        return int(get())
+
+    def encode_rows(self, dataset, indices=None, progress: bool = False, bad: list | None = None) -> np.ndarray:
+        """(len(indices), d) float32 embeddings of the records ``indices`` (default all): each
+        text is embedded on its own, so any slice can be embedded separately (the embedding
+        store's shards)."""
+        texts = dataset.texts if indices is None else [dataset.texts[int(i)] for i in indices]
+        return self.encode_texts(texts, progress)
+
+    def encode(self, dataset, progress: bool = False) -> Embedding:
+        t = time.perf_counter()
+        feats = self.encode_texts(dataset.texts, progress)
+        return Embedding(feats, info={**self.info, "embed_seconds": round(time.perf_counter() - t, 2), "model": self.model_name})
+
+
+class SentenceEncoder(TextEncoder):
     """Embed texts with a sentence-transformers model (L2-normalised embeddings).
 
     Args:
@@ -120,12 +151,7 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.device = device
-        self.precision = precision
-        self.sort = sort
         self._model = None
-
-    def __getstate__(self) -> dict:  # sent to other processes (Ray actors): loaded there
-        return dict(self.__dict__, _model=None)
 
     def config(self) -> dict:
         path, how = resolve_model(self.model_name)
@@ -207,22 +233,3 @@ class SentenceEncoder:
             chunk = tokenizer(texts[start:start + 4096], truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
             lengths[start:start + len(chunk)] = [len(ids) for ids in chunk]
         return lengths
-
-    @property
-    def dim(self) -> int:
-        """The embedding dimension (loads the model)."""
-        model = self.load(False)
-        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension  # renamed in 6.x
-        return int(get())
-
-    def encode_rows(self, dataset, indices=None, progress: bool = False, bad: list | None = None) -> np.ndarray:
-        """(len(indices), d) float32 embeddings of the records ``indices`` (default all): each
-        text is embedded on its own, so any slice can be embedded separately (the embedding
-        store's shards)."""
-        texts = dataset.texts if indices is None else [dataset.texts[int(i)] for i in indices]
-        return self.encode_texts(texts, progress)
-
-    def encode(self, dataset, progress: bool = False) -> Embedding:
-        t = time.perf_counter()
-        feats = self.encode_texts(dataset.texts, progress)
-        return Embedding(feats, info={"embed_seconds": round(time.perf_counter() - t, 2), "model": self.model_name})

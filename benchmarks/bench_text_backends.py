@@ -14,8 +14,9 @@ all pairwise similarities (of the first 2,000 records). ``--banking77`` adds, pe
 on 3,080), embedded with that mode.
 
 Modes: ``fp32``, ``fp32-tok`` (batches by token length), ``bf16-tok`` (bfloat16 weights and
-compute), ``fp16-tok``, ``<mode>-128`` (truncated at 128 tokens), ``static`` (the static encoder,
-``--text-model static``). Prints a Markdown table.
+compute), ``fp16-tok``, ``<mode>-128`` (truncated at 128 tokens), ``<mode>-b32`` (batches of 32
+instead of ``--batch-size``), ``<mode>-eager`` (transformers' eager attention instead of SDPA),
+``static`` (the static encoder, ``--text-model static``). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def make(mode: str, model: str, device: str | None, batch_size: int):
     parts = mode.split("-")
     precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[parts[0]]
     sort = "tokens" if "tok" in parts else "chars"
-    tokens = int(parts[-1]) if parts[-1].isdigit() else None
-    return SentenceEncoder(model, batch_size=batch_size, max_seq_length=tokens, device=device, precision=precision, sort=sort)
+    tokens = next((int(x) for x in parts if x.isdigit()), None)
+    batch = next((int(x[1:]) for x in parts if x[:1] == "b" and x[1:].isdigit()), batch_size)
+    enc = SentenceEncoder(model, batch_size=batch, max_seq_length=tokens, device=device, precision=precision, sort=sort)
+    if "eager" in parts:  # transformers' plain attention instead of torch's scaled_dot_product_attention
+        enc.load(False)[0].auto_model.set_attn_implementation("eager")
+    return enc
 
 
 def spearman_pairs(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
     python benchmarks/eval_text.py banking77 [--per-class 1 2 5 10] [--ratios 0.05 0.1 0.2] [--seeds 0 .. 9] [--out DIR]
     python benchmarks/eval_text.py coverage [--data PATH] [--ratios 0.05 0.1 0.2] [--methods ...] [--select-model static]
+        [--select-max-tokens 128] [--select-precision auto] [--select-device cpu]
 
 banking77: a logistic regression on all-MiniLM-L6-v2 embeddings, trained on the subset chosen by
 random (intent-balanced) and each selection method (bins per intent), tested on
@@ -104,7 +105,8 @@ def cover(args) -> None:
         return memo[key]
 
     print(f"\n{Path(args.data).name}: {len(ds):,} records, {len(set(sources))} sources; K={args.bins} bins (one pool), seeds {args.seeds}; "
-          f"selection embedded with {args.select_model}, distances in the float32 {SentenceEncoder().model_name} space (cosine)\n")
+          f"selection embedded with {args.select_model} (max tokens {args.select_max_tokens or 'model default'}, precision {args.select_precision}, "
+          f"device {args.select_device or 'default'}), distances in the float32 {SentenceEncoder().model_name} space (cosine)\n")
     print("| keep | method | mean NN distance | p95 NN distance | sources kept | min / median / max share kept per source |")
     print("|---|---|---|---|---|---|")
     with mock.patch.object(core_bins, "generate_bins", same_bins):
@@ -112,7 +114,8 @@ def cover(args) -> None:
             for method in args.methods:
                 stats = []
                 for seed in args.seeds:
-                    res = compress(ds, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0, text_model=args.select_model)
+                    res = compress(ds, ratio=ratio, n_bins=args.bins, method=method, seed=seed, proxy_seed=0, text_model=args.select_model,
+                                   text_max_tokens=args.select_max_tokens, encoder_precision=args.select_precision, device=args.select_device)
                     stats.append(coverage(emb.features, res.indices, sources))
                 mean = np.mean([s["mean_nn_distance"] for s in stats])
                 p95 = np.mean([s["p95_nn_distance"] for s in stats])
@@ -138,6 +141,9 @@ def main() -> None:
     c.add_argument("--methods", nargs="+", default=["random", "dq", "adq"])
     c.add_argument("--bins", type=int, default=5)
     c.add_argument("--select-model", default="all-MiniLM-L6-v2", help="--text-model of the selection (e.g. static); coverage is always measured in the float32 MiniLM space")
+    c.add_argument("--select-max-tokens", type=int, help="--max-tokens of the selection's embedding (e.g. 128, the fast mode)")
+    c.add_argument("--select-precision", default="float32", help="--encoder-precision of the selection's embedding (default float32; auto: bf16 on CPUs with AMX)")
+    c.add_argument("--select-device", help="device of the selection's embedding (e.g. cpu, where the fast mode's bf16 runs)")
     args = p.parse_args()
     if args.what == "banking77" and not args.methods:
         from dsquant.evaluate.grid import _methods_in_order

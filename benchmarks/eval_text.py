@@ -146,10 +146,10 @@ def main() -> None:
     c.add_argument("--select-device", help="device of the selection's embedding (e.g. cpu, where the fast mode's bf16 runs)")
     args = p.parse_args()
     if args.what == "banking77" and not args.methods:
-        from dsquant.evaluate.grid import _methods_in_order
+        from dsquant.evaluate.grid import methods_in_order
         from dsquant.methods import METHODS
 
-        args.methods = _methods_in_order(METHODS)
+        args.methods = methods_in_order(METHODS)
     banking77(args) if args.what == "banking77" else cover(args)
 
 

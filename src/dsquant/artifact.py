@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import re
@@ -93,11 +92,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> int:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of the file at ``path`` (the manifest's ``files`` digests): the cache's
+    :func:`dsquant.cache.file_digest`."""
+    from .cache import file_digest
+
+    return file_digest(path)
 
 
 # ----------------------------------------------------------------------------- recognisers

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..artifact import write_atomic
 from ..methods import ADQ, DQ, DQBudget, Random
 from .archs import get_architecture
 from .harness import PRESETS, Preset, summarise, train_and_test
@@ -39,8 +41,12 @@ FULL = "full"
 DEFAULT_METHODS = (Random.name, DQ.name, ADQ.name, DQBudget.name)
 
 
-def _methods_in_order(present) -> list[str]:
-    """Registered methods in report order (the baseline first), those in ``present`` only."""
+def methods_in_order(present) -> list[str]:
+    """The registered method names in ``present`` (any container of names), in report order:
+    the baseline (random) first, then the registry's order; names not registered are left out.
+
+    Returns:
+        list of str."""
     from ..methods import METHODS
 
     order = [Random.name, *[m for m in METHODS if m != Random.name]]
@@ -312,7 +318,7 @@ def _row_order(r: dict) -> tuple:
 
 
 def _method_rank(method: str, present) -> tuple:
-    order = _methods_in_order(present)
+    order = methods_in_order(present)
     return (order.index(method) if method in order else len(order) + (method == FULL), method)
 
 
@@ -477,21 +483,23 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=_row_order)
     paths = {}
-    csv_path = out / "results.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", restval="")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: (r["dataset"], r["arch"], r["method"], r["ratio"], r["seed"])):
-            w.writerow(r)
-    paths["csv"] = csv_path
+    # every report goes to a temporary file renamed into place: an interruption leaves the
+    # previous report whole or none, never half of one
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", restval="")
+    w.writeheader()
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["arch"], r["method"], r["ratio"], r["seed"])):
+        w.writerow(r)
+    paths["csv"] = out / "results.csv"
+    write_atomic(paths["csv"], buf.getvalue().encode())
     summary = summarise_grid(rows, CONFIDENCE)
-    summary_path = out / "summary.csv"
-    with open(summary_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(SUMMARY_COLUMNS)
-        for s in summary:
-            w.writerow(_summary_csv_row(s))
-    paths["summary"] = summary_path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(SUMMARY_COLUMNS)
+    for s in summary:
+        w.writerow(_summary_csv_row(s))
+    paths["summary"] = out / "summary.csv"
+    write_atomic(paths["summary"], buf.getvalue().encode())
     level = f"{100 * CONFIDENCE:g} %"
     md = [f"# {title}" if title else "# Benchmark results", ""]
     md.append(
@@ -505,7 +513,7 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
         for arch in sorted({s["arch"] for s in summary if s["dataset"] == ds}):
             sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
             ratios = sorted({s["ratio"] for s in sub if s["method"] != FULL})
-            methods = _methods_in_order({s["method"] for s in sub})
+            methods = methods_in_order({s["method"] for s in sub})
             ns = {s["n"] for s in sub}
             show_n = len(ns) > 1
             md.append(f"## {ds} / {arch}")
@@ -526,9 +534,8 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
             if full:
                 md.append(f"| full (100 %) | {_md_cell(full, show_n)} |" + " |" * (len(ratios) - 1))
             md.append("")
-    md_path = out / "results.md"
-    md_path.write_text("\n".join(md) + "\n")
-    paths["md"] = md_path
+    paths["md"] = out / "results.md"
+    write_atomic(paths["md"], ("\n".join(md) + "\n").encode())
     if summary:
         paths["png"] = _plot(summary, out / "accuracy.png", title)
     return paths
@@ -544,7 +551,7 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    methods = _methods_in_order({s["method"] for s in summary})
+    methods = methods_in_order({s["method"] for s in summary})
     # the baseline grey, the others from matplotlib's cycle, the same colour in every panel
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {m: "#7f7f7f" if i == 0 and m == Random.name else palette[i % len(palette)] for i, m in enumerate(methods)}
@@ -577,6 +584,8 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
     fig.tight_layout()
     from .. import __version__
 
-    fig.savefig(path, dpi=120, metadata={"Software": f"dsquant {__version__}"})  # how a rerun knows its own plot
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, metadata={"Software": f"dsquant {__version__}"})  # how a rerun knows its own plot
+    write_atomic(path, png.getvalue())
     plt.close(fig)
     return path

@@ -98,7 +98,7 @@ def main() -> None:
             print(f"compressed {name} in {time.perf_counter() - t:.1f} s", flush=True)
         return d
 
-    configs = []  # (name, kind, run dir, reconstructor, bytes, n_images)
+    configs = []  # dicts: name, kind ("patches" or "whole"), run dir, reconstructor, bytes, images, ratio
     pix = [c for c in pixel_configs(args.ratio) if not (args.skip_mae and c["rec"] == "mae")]
     for c in pix:
         d = run_dir(c["run"], ratio=args.ratio, drop_ratio=c["drop"], patch_quality=c["quality"])
@@ -121,8 +121,7 @@ def main() -> None:
             from dsquant.pixels.train_mae import save_mae, train_tiny_mae
 
             model, info = train_tiny_mae(train.images, default_patch(train.image_shape), epochs=8, max_samples=10_000, seed=0)
-            save_mae(model, out / "mae.pt.tmp", info)
-            (out / "mae.pt.tmp").rename(mae)
+            save_mae(model, mae, info)  # written to a temporary file and renamed
             print(f"tiny MAE: {info['train_samples']} images x 8 epochs in {info['seconds'] / 60:.1f} min", flush=True)
 
     if args.only:
@@ -153,7 +152,7 @@ def report(configs: list[dict], rows: list[dict], out: Path, args) -> None:
              "| configuration | images | MB on disk | test accuracy (%) | 95 % interval of the mean |", "|---|---|---|---|---|"]
     for c in sorted(configs, key=lambda c: c["bytes"]):
         v = np.array(list(acc[c["name"]].values()))
-        lo, hi = mean_interval(v) if len(v) > 1 else (np.nan, np.nan)
+        lo, hi = mean_interval(v)  # (nan, nan) for a single seed
         lines.append(f"| {c['name']} | {c['n']:,} | {c['bytes'] / 1e6:.2f} | {v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f} (n={len(v)}) | [{lo:.2f}, {hi:.2f}] |")
     lines += ["", "Each pixel configuration against whole JPEGs of about the same bytes (paired by seed, Student's t):", "",
               "| pixel configuration | MB | whole JPEGs | MB | difference (points) | 95 % interval |", "|---|---|---|---|---|---|"]
@@ -178,10 +177,10 @@ def plot(configs: list[dict], acc: dict, path: Path, args) -> None:
 
     from dsquant.evaluate.stats import mean_interval
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     whole = sorted((c for c in configs if c["kind"] == "whole"), key=lambda c: c["bytes"])
     if not whole:
         return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     ms = [np.mean(list(acc[c["name"]].values())) for c in whole]
     err = [np.subtract(mean_interval(list(acc[c["name"]].values())), m) * [-1, 1] for c, m in zip(whole, ms)]
     ax.errorbar([c["bytes"] / 1e6 for c in whole], ms, yerr=np.array(err).T, capsize=3, color="black", marker="o", label="whole images (source JPEGs)")

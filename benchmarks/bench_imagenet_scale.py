@@ -6,6 +6,7 @@
     python benchmarks/bench_imagenet_scale.py embed-speed [--models resnet50 vit-b16] [--images 64]
     python benchmarks/bench_imagenet_scale.py embed-store DIR STORE
     python benchmarks/bench_imagenet_scale.py store-bins STORE [--n 1281167] [--dim 768] [--classes 1000]
+    python benchmarks/bench_imagenet_scale.py pixels DIR OUT [--ratios 0.05 0.2] [--drop-ratio 0.2] [--model tiny]
 
 ``make-folder`` writes an ImageNet-shaped ImageFolder once (outside the repository): N JPEGs of
 random sizes 200-500 px (each side drawn separately) in C classes, quality 90, smooth random
@@ -31,6 +32,14 @@ aside), from which 1.28 M is extrapolated by the index and store sizes.
 ``store-bins`` writes a synthetic store of N x dim float16 features in C Gaussian classes (unit
 centres, noise 1) once, then runs ``dsquant compress STORE --method dq --ratio 0.1`` in a child
 process: wall time, the compress stage times, and peak RSS.
+
+``pixels`` runs ``dsquant compress DIR --stream --encoder hf:MODEL --method dq --ratio R
+--drop-ratio T --patch-quality 90 --out OUT/ratio-R`` in a child process per keep ratio: pixel
+quantization of a streamed folder, which reads only the selected images, a batch at a time, and
+writes their kept patches as it goes. It reports the wall time, the pixel stage's time
+(Grad-CAM++ of the backbone with its fitted head, and the writing), the peak RSS (flat in the
+number of selected images if memory is bounded), and ``patches.dsqp`` against the selected
+source files.
 
 Every child's peak RSS is ``ru_maxrss`` of that child (``resource.getrusage(RUSAGE_CHILDREN)``
 after it exits). Times are single runs; prints Markdown rows.
@@ -248,6 +257,26 @@ def store_bins(store: Path, n: int, dim: int, classes: int, shard_size: int = 10
     print(f"compress from the store ({m['dataset']['n_samples']} x {dim}, {classes} classes, dq, 10 bins): {wall:.1f} s wall, stages {m['timings_seconds']}, peak RSS {peak:.0f} MB")
 
 
+def pixels(root: Path, out: Path, ratios: list[float], drop_ratio: float, model_name: str = "tiny") -> None:
+    model = out / f"{model_name}-model"
+    if not model.exists():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        _tiny_model(model) if model_name == "tiny" else _full_model(model_name, model)
+    dsq = [sys.executable, "-m", "dsquant.cli"]
+    print("| keep ratio | selected images | wall (s) | embed (s) | pixels (s) | pixels images/s | peak RSS (MB) | patches.dsqp (MB) | selected source files (MB) | kept PSNR (dB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in ratios:
+        dest = out / f"ratio-{r}"
+        wall, peak, _ = _child(dsq + ["compress", str(root), "--stream", "--encoder", f"hf:{model}", "--method", "dq", "--ratio", str(r),
+                                      "--drop-ratio", str(drop_ratio), "--patch-quality", "90", "--out", str(dest), "--overwrite", "--quiet"])
+        m = json.loads((dest / "manifest.json").read_text())
+        t, px = m["timings_seconds"], m["pixels"]
+        n = m["selection"]["n_selected"]
+        src = px["bytes"]["source_files"]
+        print(f"| {r} | {n:,} | {wall:.0f} | {t.get('embed', float('nan')):.0f} | {t['pixels']:.0f} | {n / t['pixels']:.0f} | {peak:.0f} | "
+              f"{px['bytes']['patches.dsqp'] / 1e6:.1f} | {'-' if src is None else f'{src / 1e6:.1f}'} | {px['kept_psnr_db']} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -259,6 +288,8 @@ def main() -> None:
     a = sub.add_parser("embed-store"); a.add_argument("dir", type=Path); a.add_argument("store", type=Path); a.add_argument("--model", choices=["tiny", "resnet50", "vit-b16"], default="tiny")
     a.add_argument("--device"); a.add_argument("--workers", type=int); a.add_argument("--batch-size", type=int, default=128)
     a = sub.add_parser("store-bins"); a.add_argument("store", type=Path); a.add_argument("--n", type=int, default=1_281_167); a.add_argument("--dim", type=int, default=768); a.add_argument("--classes", type=int, default=1000)
+    a = sub.add_parser("pixels"); a.add_argument("dir", type=Path); a.add_argument("out", type=Path); a.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.2])
+    a.add_argument("--drop-ratio", type=float, default=0.2); a.add_argument("--model", choices=["tiny", "resnet50", "vit-b16"], default="tiny")
     args = p.parse_args()
     if args.cmd == "make-folder":
         make_folder(args.dir, args.n, args.classes, workers=args.workers)
@@ -270,6 +301,8 @@ def main() -> None:
         embed_speed(args.models, args.images, args.device, args.batch)
     elif args.cmd == "embed-store":
         embed_store(args.dir, args.store, args.model, args.device, args.workers, args.batch_size)
+    elif args.cmd == "pixels":
+        pixels(args.dir, args.out, args.ratios, args.drop_ratio, args.model)
     else:
         store_bins(args.store, args.n, args.dim, args.classes)
 

@@ -526,8 +526,9 @@ def _bytes_table(px: dict, n: int) -> list[str]:
     kept = "kept pixels exact" if codec.get("lossless") else f"kept pixels PSNR {px.get('kept_psnr_db')} dB"
     dsqp = b["patches.dsqp"]
     rows = [(f"kept patches: patches.dsqp ({codec['name']} {kind}; {kept})", dsqp),
-            ("whole images, raw uint8", b["raw_uint8"]),
-            ("whole images, PNG", b["png"])]
+            ("whole images, raw uint8", b["raw_uint8"])]
+    if b.get("png") is not None:  # not measured for a streamed dataset (it would mean encoding every image again)
+        rows.append(("whole images, PNG", b["png"]))
     if b.get("source_files") is not None:
         rows.append((f"whole images, source files: {px.get('source_files')}", b["source_files"]))
     width = max(len(label) for label, _ in rows)

@@ -96,7 +96,46 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
     }, files
 
 
-def _check_streamed(dataset, encoder, selector, drop_ratio) -> None:
+def _quantize_streamed(dataset, indices, ratio, drop_ratio, patch, reconstructor, ctx, encoder, seed, progress, codec, dest):
+    """Pixel quantization of a streamed dataset (:func:`dsquant.pixels.streamed.quantize_streamed`):
+    the kept-patch file is written into ``dest`` (the output's temporary directory) as the
+    selected images are read; returns the manifest record and the files (already written)."""
+    from .pixels import source_file_bytes
+    from .pixels.streamed import quantize_streamed
+
+    features = ctx.embedding().features if ctx.encoder is encoder else None
+    meta = {"source": str(dataset.source), "fingerprint": dataset.fingerprint()}
+    rec = quantize_streamed(dataset, indices, encoder, dest / "patches.dsqp", drop_ratio, patch, codec, features=features, seed=seed, progress=progress, meta=meta)
+    h, w, c = rec["image_shape"]
+    p_total = rec["grid"][0] * rec["grid"][1]
+    source_bytes, source_what = source_file_bytes(dataset, indices)
+    record = {
+        "drop_ratio": drop_ratio,
+        "patch": rec["patch"],
+        "grid": rec["grid"],
+        "kept_per_image": rec["kept_per_image"],
+        "effective_keep_ratio": len(indices) / len(dataset) * rec["kept_per_image"] / p_total,
+        "importance": "Grad-CAM++ of a linear head on the backbone's embedding (its predicted class), on the backbone's last spatial features, mean per patch",
+        "reconstructor": reconstructor,
+        "tiny_mae": None,
+        "codec": codec.record(),
+        "kept_psnr_db": rec["kept_psnr_db"],
+        "image_shape": rec["image_shape"],
+        "preprocessing": rec["preprocessing"],
+        "head": rec["head"],
+        "seconds": rec["seconds"],
+        "bytes": {
+            "patches.dsqp": rec["bytes"],
+            "raw_uint8": int(len(indices) * h * w * c),
+            "png": None,
+            "source_files": source_bytes,
+        },
+        "source_files": source_what,
+    }
+    return record, {"patches.dsqp": lambda path: None}
+
+
+def _check_streamed(dataset, encoder, selector, drop_ratio, reconstructor=None, writing=True) -> None:
     """Refuse, before any work, what a streamed image dataset cannot do yet.
 
     Raises:
@@ -112,7 +151,15 @@ def _check_streamed(dataset, encoder, selector, drop_ratio) -> None:
     if selector.needs_pixels:
         raise ValueError(f"method: {selector.name!r} reads the images in memory (training or pixel scores); {dataset.source} is streamed ({n} images): use an embedding method (dq, dq-budget, herding, ...) or --in-memory")
     if drop_ratio is not None:
-        raise ValueError("drop_ratio: pixel quantization of a streamed dataset is not supported yet; decode the selected subset first (dsquant export) or use --in-memory")
+        from .pixels.reconstruct import TRAIN_NOW
+
+        if not writing:
+            raise ValueError(f"drop_ratio: pixel quantization of a streamed dataset ({dataset.source}) writes patches.dsqp as it reads the images; give an output directory (--out)")
+        if reconstructor == TRAIN_NOW:
+            raise ValueError(f"reconstructor: {TRAIN_NOW!r} trains on every image in memory; {dataset.source} is streamed ({n} images): use 'inpaint' or 'mae:CHECKPOINT', or --in-memory")
+        backbone = getattr(encoder, "backbone", None)
+        if backbone is None or not backbone.has_spatial:
+            raise ValueError(f"drop_ratio: pixel quantization of a streamed dataset needs an hf: encoder (Grad-CAM++ reads its hidden states); {getattr(encoder, 'spec', encoder.name)!r} does not expose them")
 
 
 def _shape(dataset) -> list[int] | None:
@@ -337,7 +384,10 @@ def compress(
         simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
         drop_ratio: pixel quantization: drop this fraction theta of every selected image's
             patches (least important by Grad-CAM++ of the proxy) and store only the kept ones
-            in ``out/patches.dsqp``; None keeps whole images.
+            in ``out/patches.dsqp``; None keeps whole images. On a streamed dataset it needs an
+            ``hf:`` encoder and ``out``: Grad-CAM++ of the backbone with a linear head fitted on
+            its embedding, only the selected images read, a batch at a time, at the backbone's
+            input size (:mod:`dsquant.pixels.streamed`).
         patch: patch size in pixels (default: an 8 x 8 grid on small images, 16 px on large).
         reconstructor: what rebuilds the dropped patches at load time: ``"inpaint"``,
             ``"mae:PATH"`` (a local MAE checkpoint) or ``"tiny-mae"`` (trained on the data now,
@@ -442,7 +492,7 @@ def compress(
 
         run_encoder = _encoder(dataset, encoder, **options)  # built now (checked), fitted when a method embeds
         if getattr(dataset, "streamed", False):
-            _check_streamed(dataset, run_encoder, selector, drop_ratio)
+            _check_streamed(dataset, run_encoder, selector, drop_ratio, reconstructor, writing=writer is not None)
         bins_engine = None
         if partitions is not None:
             from .distributed import partitioned_engine
@@ -475,7 +525,11 @@ def compress(
 
         extra_files: dict = {}
         pixels_record = None
-        if drop_ratio is not None:
+        if drop_ratio is not None and getattr(dataset, "streamed", False):
+            t = time.perf_counter()
+            pixels_record, extra_files = _quantize_streamed(dataset, indices, ratio, drop_ratio, patch, reconstructor, ctx, run_encoder, proxy_seed, progress, codec, writer.tmp)
+            timings["pixels"] = time.perf_counter() - t
+        elif drop_ratio is not None:
             t = time.perf_counter()
             from .embed import ProxyEncoder
 

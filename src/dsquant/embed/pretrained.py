@@ -50,6 +50,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -207,8 +208,10 @@ class Backbone:
     """
 
     def __init__(self, spec: str, model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], preprocessing: Preprocessing,
-                 *, pooling: str, precision: str, device: torch.device, path: str | None, weights: str | None, channels_last: bool = False) -> None:
+                 *, pooling: str, precision: str, device: torch.device, path: str | None, weights: str | None, channels_last: bool = False,
+                 spatial: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.spec, self.model, self._forward, self.preprocessing = spec, model, forward, preprocessing
+        self._spatial = spatial
         self.pooling, self.precision, self.device, self.path, self.weights = pooling, precision, device, path, weights
         self.channels_last = channels_last
         crop = preprocessing.crop
@@ -235,11 +238,8 @@ class Backbone:
         """
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"backbone {self.spec!r}: expected images of shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        x = pixels.to(self.device, torch.float32, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = getattr(torch, self.precision)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32), _ieee_float32(self.device, dtype):
+        x = self._input(pixels)
+        with torch.inference_mode(), self._compute():
             out = self._forward(x)
         if out.ndim == 4 and out.shape[2:] == (1, 1):
             out = out.flatten(1)
@@ -247,6 +247,50 @@ class Backbone:
             raise ValueError(f"backbone {self.spec!r}: expected the model to return (B, d) or (B, d, 1, 1) features, got {tuple(out.shape)}")
         out = out.float().cpu()
         return out.clone() if out.is_inference() else out  # an inference tensor refuses in-place updates later
+
+    @property
+    def has_spatial(self) -> bool:
+        """Whether :meth:`forward_spatial` is available (``hf:`` models)."""
+        return self._spatial is not None
+
+    def forward_spatial(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding and a spatial feature map of ``pixels`` (as :meth:`__call__` takes
+        them), with autograd on: what Grad-CAM++ patch importance needs
+        (:func:`dsquant.pixels.gradcam.backbone_gradcam`).
+
+        The map is a CNN's last feature map (its last hidden state, the one it pools), or for a
+        transformer the patch tokens entering its last block (hidden state -2, the class and
+        register tokens before them removed, reshaped to the square patch grid): the pooled
+        class token's gradient reaches them through the last block's attention, as in the usual
+        Grad-CAM recipe for ViTs (the last block's output patch tokens would get none).
+
+        Returns:
+            (pooled (B, dim) float32, hidden) computed under autocast in :attr:`precision`:
+            ``hidden`` is the model's own hidden state in the graph of ``pooled`` (take
+            gradients with respect to it), (B, C, h, w) or (B, L, D) tokens;
+            :func:`spatial_map` puts it and its gradient on the grid.
+
+        Raises:
+            ValueError: for a backbone without one (``torchscript:``, ``timm:``, ``open_clip:``),
+                or a token count that is not a square grid after at most 16 prefix tokens.
+        """
+        if self._spatial is None:
+            raise ValueError(f"backbone {self.spec!r}: its spatial features are not reachable (only hf: models expose their hidden states); patch importance needs an hf: backbone")
+        x = self._input(pixels)
+        with torch.enable_grad(), self._compute():
+            pooled, act = self._spatial(x)
+        return pooled.flatten(1).float(), act
+
+    def _input(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(self.device, torch.float32, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @contextlib.contextmanager
+    def _compute(self):
+        """Autocast in :attr:`precision` (IEEE float32 matmuls when that is float32)."""
+        dtype = getattr(torch, self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32), _ieee_float32(self.device, dtype):
+            yield
 
     def __repr__(self) -> str:
         return f"Backbone({self.spec!r}, dim={self.dim}, pooling={self.pooling!r}, precision={self.precision!r}, device={str(self.device)!r})"
@@ -426,17 +470,56 @@ def _load_hf(spec: str, arg: str, device: torch.device, pool: str, precision: st
             return hidden[:, 0]
         return hidden.mean(dim=(2, 3) if hidden.ndim == 4 else 1)
 
+    def spatial(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = tower(pixel_values=x, output_hidden_states=True)
+        if pooling in ("projection", "pooler"):
+            pooled = out.pooler_output
+            if pooling == "projection" and isinstance(getattr(model, "visual_projection", None), torch.nn.Module):
+                pooled = model.visual_projection(pooled)  # CLIP; SigLIP's image features are the pooler's
+        else:
+            hidden = out.last_hidden_state
+            pooled = hidden[:, 0] if pooling == "cls" else hidden.mean(dim=(2, 3) if hidden.ndim == 4 else 1)
+        return pooled, spatial_source(out.hidden_states)
+
     weights = [path / "config.json"] + sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
-    return _finish(spec, model, forward, preprocessing, pooling, precision, device, str(path), weights_digest(weights))
+    return _finish(spec, model, forward, preprocessing, pooling, precision, device, str(path), weights_digest(weights), spatial)
 
 
-def _finish(spec, model, forward, preprocessing, pooling, precision, device, path, weights) -> Backbone:
+def spatial_source(hidden_states) -> torch.Tensor:
+    """The hidden state Grad-CAM++ weights, from a transformers model's ``hidden_states``: the
+    last one when it is a CNN's (B, C, h, w) map, else hidden state -2 (B, L, D), the tokens
+    entering the last block (the only one if there is one). It is the tensor itself, in the
+    graph of the model's output, so gradients can be taken with respect to it."""
+    last = hidden_states[-1]
+    if last.ndim == 4:
+        return last
+    return hidden_states[-2] if len(hidden_states) > 1 else last
+
+
+def spatial_map(hidden: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w): a CNN's map as it is, or (B, L, D) tokens without their prefix (class,
+    register) tokens on their square patch grid in row-major order (also for their gradients).
+
+    Raises:
+        ValueError: if no prefix of at most 16 tokens leaves a square number of patch tokens.
+    """
+    if hidden.ndim == 4:
+        return hidden
+    b, n, d = hidden.shape
+    for prefix in range(min(n, 17)):
+        side = math.isqrt(n - prefix)
+        if side and side * side == n - prefix:
+            return hidden[:, prefix:].transpose(1, 2).reshape(b, d, side, side)
+    raise ValueError(f"hidden states of {n} tokens: no square patch grid after at most 16 prefix tokens")
+
+
+def _finish(spec, model, forward, preprocessing, pooling, precision, device, path, weights, spatial=None) -> Backbone:
     """The backbone, with the precision policy applied (channels-last for CNNs unless float32)."""
     resolved = resolve_precision(precision, device)
     channels_last = precision != "float32" and _is_cnn(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return Backbone(spec, model, forward, preprocessing, pooling=pooling, precision=resolved, device=device, path=path, weights=weights, channels_last=channels_last)
+    return Backbone(spec, model, forward, preprocessing, pooling=pooling, precision=resolved, device=device, path=path, weights=weights, channels_last=channels_last, spatial=spatial)
 
 
 def _read_json(spec: str, path: Path) -> dict:

@@ -18,32 +18,60 @@ section 1), as DQ uses its ImageNet-pretrained ResNet's classifier.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import Embedding
 
-__all__ = ["PretrainedEncoder", "HFEncoder", "TorchScriptEncoder", "TimmEncoder", "OpenCLIPEncoder", "fit_linear_head"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PretrainedEncoder", "HFEncoder", "TorchScriptEncoder", "TimmEncoder", "OpenCLIPEncoder", "LinearHead", "fit_linear_classifier", "fit_linear_head"]
 
 
-def fit_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, iterations: int = 100, seed: int = 0) -> np.ndarray:
-    """``delta = softmax(W f + b) - onehot(y)`` of a softmax regression fitted on ``features``.
+@dataclass
+class LinearHead:
+    """A softmax-regression classifier on standardised features (:func:`fit_linear_classifier`).
+
+    Attributes:
+        mean, std: (d,) float32 tensors standardising the features (std has 1e-6 added).
+        weight: (d, C) float32 tensor.
+        bias: (C,) float32 tensor.
+    """
+
+    mean: "torch.Tensor"
+    std: "torch.Tensor"
+    weight: "torch.Tensor"
+    bias: "torch.Tensor"
+
+    def logits(self, features):
+        """(B, C) logits of (B, d) float32 features (a tensor on any device; autograd flows)."""
+        dev = features.device
+        return ((features - self.mean.to(dev)) / self.std.to(dev)) @ self.weight.to(dev) + self.bias.to(dev)
+
+
+def fit_linear_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, iterations: int = 100, seed: int = 0) -> LinearHead:
+    """Softmax regression on standardised ``features``: full-batch L-BFGS (strong Wolfe line
+    search), ``iterations`` iterations, L2 weight 1e-4, seeded initialisation.
 
     Args:
         features: (N, d) float array.
         labels: (N,) int64 class ids in ``[0, n_classes)``.
         n_classes: C.
-        iterations: L-BFGS iterations (full batch, L2 weight 1e-4).
+        iterations: L-BFGS iterations.
         seed: seeds the initialisation (torch).
 
     Returns:
-        (N, C) float32 delta: the logit gradients of the cross-entropy loss.
+        The fitted :class:`LinearHead`.
     """
     import torch
 
     g = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)  # conditioning only: the head is refitted on it
+    mean, std = x.mean(0), x.std(0) + 1e-6  # conditioning only: the head is fitted on it
+    x = (x - mean) / std
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).requires_grad_()
     b = torch.zeros(n_classes, requires_grad=True)
@@ -56,8 +84,22 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, it
         return loss
 
     opt.step(closure)
+    return LinearHead(mean, std, w.detach(), b.detach())
+
+
+def fit_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, iterations: int = 100, seed: int = 0) -> np.ndarray:
+    """``delta = softmax(W f + b) - onehot(y)`` of a softmax regression fitted on ``features``
+    (:func:`fit_linear_classifier`, the same arguments).
+
+    Returns:
+        (N, C) float32 delta: the logit gradients of the cross-entropy loss.
+    """
+    import torch
+
+    head = fit_linear_classifier(features, labels, n_classes, iterations, seed)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     with torch.no_grad():
-        p = torch.softmax(x @ w + b, dim=1)
+        p = torch.softmax(head.logits(torch.as_tensor(np.asarray(features, dtype=np.float32))), dim=1)
         p[torch.arange(len(y)), y] -= 1.0
     return p.numpy().astype(np.float32)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["gradcam_plusplus", "gradcam_plusplus_weights", "default_target_layer"]
+__all__ = ["gradcam_plusplus", "gradcam_plusplus_weights", "default_target_layer", "cam_from_gradients", "backbone_gradcam"]
 
 
 def gradcam_plusplus_weights(activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -88,11 +88,48 @@ def gradcam_plusplus(
                 target = logits.argmax(1) if classes is None else torch.as_tensor(classes[start : start + len(x)], device=device)
                 model.zero_grad(set_to_none=True)
                 logits.gather(1, target.view(-1, 1)).sum().backward()
-            a, g = store["a"].detach(), store["g"].detach()
-            w = gradcam_plusplus_weights(a, g)
-            cam = torch.relu((w[:, :, None, None] * a).sum(1, keepdim=True))
-            cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
-            maps.append(cam[:, 0].float().cpu().numpy())
+            maps.append(cam_from_gradients(store["a"].detach(), store["g"].detach(), x.shape[2:]))
     finally:
         handle.remove()
     return np.concatenate(maps)
+
+
+def cam_from_gradients(activations: torch.Tensor, grads: torch.Tensor, size) -> np.ndarray:
+    """(B, H, W) float32 Grad-CAM++ maps ``relu(sum_k w_k A_k)`` from (B, C, h, w) activations
+    and gradients, upsampled bilinearly to ``size`` (H, W)."""
+    a, g = activations.float(), grads.float()
+    w = gradcam_plusplus_weights(a, g)
+    cam = torch.relu((w[:, :, None, None] * a).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)
+    return cam[:, 0].cpu().numpy()
+
+
+def backbone_gradcam(backbone, head, pixels: torch.Tensor, classes: np.ndarray | None = None) -> np.ndarray:
+    """Grad-CAM++ maps of a pretrained backbone with a linear classifier on its embedding.
+
+    The explained logit is ``head.logits(pooled)[c]`` for the head's predicted class ``c``
+    (unless ``classes`` is given), the activations those of
+    :meth:`dsquant.embed.pretrained.Backbone.forward_spatial` (a CNN's last feature map, a
+    transformer's patch tokens entering its last block): DQ's patch importance (ALGORITHMS.md
+    section 6) with the pretrained backbone and a fitted head in place of the trained proxy.
+
+    Args:
+        backbone: a :class:`dsquant.embed.pretrained.Backbone` with spatial features.
+        head: a :class:`dsquant.embed.pretrained_encoder.LinearHead` on its embedding.
+        pixels: (B, 3, crop, crop) float32 images normalised as the backbone's preprocessing says.
+        classes: (B,) the class explained per image (default: the head's prediction).
+
+    Returns:
+        (B, crop, crop) float32 non-negative maps.
+
+    Raises:
+        ValueError: if the backbone has no spatial features (not ``hf:``).
+    """
+    from ..embed.pretrained import spatial_map
+
+    pooled, hidden = backbone.forward_spatial(pixels)
+    with torch.enable_grad():
+        logits = head.logits(pooled)
+        target = logits.argmax(1) if classes is None else torch.as_tensor(np.asarray(classes), device=logits.device)
+        (grads,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), hidden)
+    return cam_from_gradients(spatial_map(hidden.detach()), spatial_map(grads), pixels.shape[2:])

@@ -46,7 +46,7 @@ import numpy as np
 from ..artifact import write_atomic  # noqa: F401  (re-exported: pixels.store.write_atomic)
 from .patches import patch_grid
 
-__all__ = ["PatchStore", "Codec", "MAGIC", "VERSION", "READABLE_VERSIONS", "kept_psnr", "images_per_tile", "write_atomic"]
+__all__ = ["PatchStore", "PatchStoreWriter", "Codec", "MAGIC", "VERSION", "READABLE_VERSIONS", "kept_psnr", "images_per_tile", "write_atomic"]
 
 MAGIC = b"DSQP"
 VERSION = 2
@@ -248,50 +248,17 @@ class PatchStore:
                 :data:`MAX_SIDE`.
         """
         codec = codec if isinstance(codec, Codec) else Codec(codec, quality, effort)
-        from PIL import Image
-
+        _check_sides(self.image_shape)
         n = len(self)
-        h, w, c = self.image_shape
-        if h > MAX_SIDE or w > MAX_SIDE:
-            raise ValueError(f"image_shape: sides above {MAX_SIDE} px cannot be stored (got {h}x{w})")
-        k = int(self.patches.shape[1]) if n else 0
-        body = io.BytesIO()
-        sections = []
-        packed = np.packbits(self.masks.reshape(n, self.grid[0] * self.grid[1]), axis=1, bitorder="little")
-        for name, arr in (("indices", self.indices.astype("<i8")), ("labels", self.labels.astype("<i8")), ("masks", packed)):
-            raw = np.ascontiguousarray(arr).tobytes()
-            blob = zlib.compress(raw, 9)
-            sections.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": body.tell(), "nbytes": len(blob), "compression": "zlib", "raw_nbytes": len(raw)})
-            body.write(blob)
-        tiles = []
         per = images_per_tile(self.image_shape)
-        options = codec._pillow_options()
-        for start in range(0, n, per):
-            part = slice(start, min(n, start + per))
-            masks = self.masks[part]
-            images = _fill_from_above(_paste(self.patches[part], masks, self.patch, self.image_shape), masks, self.patch)
-            count = len(images)
-            pixels = images.reshape(count * h, w, c)
-            buf = io.BytesIO()
-            Image.fromarray(pixels if c == 3 else pixels[..., 0]).save(buf, format=_PILLOW_FORMAT[codec.name], **options)
-            tiles.append({"offset": body.tell(), "nbytes": buf.tell(), "count": count})
-            body.write(buf.getvalue())
-        payload = body.getvalue()
-        header = {
-            "n": n,
-            "image_shape": [h, w, c],
-            "patch": self.patch,
-            "grid": list(self.grid),
-            "kept_per_image": k,
-            "classes": self.classes,
-            "meta": self.meta,
-            "codec": {**codec.record(), "fill": "from above", "layout": "images stacked vertically"},
-            "sections": sections,
-            "tiles": tiles,
-            "sha256": hashlib.sha256(payload).hexdigest(),
-        }
-        head = json.dumps(header).encode("utf-8")
-        return MAGIC + _HEAD.pack(VERSION, len(head)) + head + payload
+        tiles = [_encode_tile(self.patches[s : s + per], self.masks[s : s + per], self.patch, self.image_shape, codec) for s in range(0, n, per)]
+        sections, blob = _sections(self.indices, self.labels, self.masks)
+        digest = hashlib.sha256(blob)
+        for t in tiles:
+            digest.update(t)
+        fields = _header_fields(n, self.image_shape, self.patch, self.grid, int(self.patches.shape[1]) if n else 0, self.classes, self.meta, codec)
+        counts = [(min(per, n - s), len(t)) for s, t in zip(range(0, n, per), tiles)]
+        return _head(fields, sections, blob, counts, digest.hexdigest()) + b"".join(tiles)
 
     def save(self, path: str | os.PathLike, codec: Codec | str = "webp", quality: int | None = None, effort: int | None = None) -> int:
         """Write the version-2 file atomically (temporary file, then rename); returns the bytes
@@ -373,6 +340,232 @@ class PatchStore:
             dict(header.get("meta") or {}),
             codec,
         )
+
+
+def _check_sides(image_shape) -> None:
+    h, w = image_shape[:2]
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ValueError(f"image_shape: sides above {MAX_SIDE} px cannot be stored (got {h}x{w})")
+
+
+def _encode_tile(patches: np.ndarray, masks: np.ndarray, patch: int, image_shape, codec: Codec) -> bytes:
+    """One tile: the images of ``patches`` (n, k, p, p, C) with ``masks`` (n, rows, cols)
+    stacked vertically, dropped patches filled from above, encoded by ``codec``."""
+    from PIL import Image
+
+    h, w, c = image_shape
+    images = _fill_from_above(_paste(patches, masks, patch, image_shape), masks, patch)
+    pixels = images.reshape(len(images) * h, w, c)
+    buf = io.BytesIO()
+    Image.fromarray(pixels if c == 3 else pixels[..., 0]).save(buf, format=_PILLOW_FORMAT[codec.name], **codec._pillow_options())
+    return buf.getvalue()
+
+
+def _sections(indices: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> tuple[list[dict], bytes]:
+    """The zlib-compressed ``indices``, ``labels`` and packed ``masks`` sections (offsets from
+    the body's start) and their bytes."""
+    n, gh, gw = masks.shape
+    packed = np.packbits(masks.reshape(n, gh * gw), axis=1, bitorder="little")
+    body, sections = io.BytesIO(), []
+    for name, arr in (("indices", np.asarray(indices).astype("<i8")), ("labels", np.asarray(labels).astype("<i8")), ("masks", packed)):
+        raw = np.ascontiguousarray(arr).tobytes()
+        blob = zlib.compress(raw, 9)
+        sections.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": body.tell(), "nbytes": len(blob), "compression": "zlib", "raw_nbytes": len(raw)})
+        body.write(blob)
+    return sections, body.getvalue()
+
+
+def _header_fields(n, image_shape, patch, grid, k, classes, meta, codec: Codec) -> dict:
+    return {
+        "n": int(n),
+        "image_shape": [int(v) for v in image_shape],
+        "patch": int(patch),
+        "grid": [int(v) for v in grid],
+        "kept_per_image": int(k),
+        "classes": list(classes),
+        "meta": dict(meta or {}),
+        "codec": {**codec.record(), "fill": "from above", "layout": "images stacked vertically"},
+    }
+
+
+def _head(fields: dict, sections: list[dict], blob: bytes, tiles: list[tuple[int, int]], sha256: str) -> bytes:
+    """The file up to its tiles: MAGIC, version, header, then the sections ``blob``;
+    ``tiles`` are (images, bytes) of the tiles that follow, in order."""
+    entries, off = [], len(blob)
+    for count, size in tiles:
+        entries.append({"offset": off, "nbytes": int(size), "count": int(count)})
+        off += size
+    head = json.dumps({**fields, "sections": sections, "tiles": entries, "sha256": sha256}).encode("utf-8")
+    return MAGIC + _HEAD.pack(VERSION, len(head)) + head + blob
+
+
+class PatchStoreWriter:
+    """Write a version-2 kept-patch file a batch of images at a time, in memory bounded by one
+    tile (:func:`images_per_tile` images) whatever the number of images: what pixel quantization
+    of a streamed dataset uses (:func:`dsquant.pixels.quantize_streamed`). The file is the one
+    :meth:`PatchStore.to_bytes` gives for the same images, byte for byte.
+
+    The tiles go to a temporary file beside ``path`` as they fill; :meth:`close` writes the
+    header and the sections before them into another temporary file and renames it to
+    ``path`` (nothing half-written is ever at ``path``); :meth:`abort` (or leaving a ``with``
+    block by an exception) removes the temporary files.
+
+    Args:
+        path: the ``.dsqp`` file to write.
+        image_shape: (H, W, C) of every image, C 1 or 3.
+        patch: patch size p (it must tile H and W).
+        classes, meta: as :class:`PatchStore`.
+        codec: a :class:`Codec` (default lossless WebP).
+        verify: decode every tile again as it is written and compare its kept pixels (lossless:
+            raise if they differ; lossy: their PSNR is :attr:`psnr`).
+
+    Raises:
+        ValueError: on a bad shape, patch or codec, or (in :meth:`add`) masks that do not match
+            the images or keep another number of patches than the first image.
+    """
+
+    def __init__(self, path: str | os.PathLike, image_shape: tuple[int, int, int], patch: int, classes: list[str], meta: dict | None = None, codec: Codec | str = "webp", verify: bool = True) -> None:
+        import tempfile
+
+        self.path = Path(path)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        if len(self.image_shape) != 3 or self.image_shape[2] not in (1, 3):
+            raise ValueError(f"image_shape: expected (H, W, 1 or 3), got {image_shape!r}")
+        _check_sides(self.image_shape)
+        self.grid = patch_grid(self.image_shape[:2], patch)
+        self.patch, self.classes, self.meta = int(patch), list(classes), dict(meta or {})
+        self.codec = codec if isinstance(codec, Codec) else Codec(codec)
+        self.verify = verify
+        self.per_tile = images_per_tile(self.image_shape)
+        self.k: int | None = None
+        self._indices: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (kept patches, masks) not yet in a tile
+        self._n_pending = 0
+        self._tiles: list[tuple[int, int]] = []  # (images, bytes)
+        self._sq_error, self._n_values = 0.0, 0
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.tiles.", dir=self.path.parent)
+        self._body_path = Path(name)
+        self._body = os.fdopen(fd, "wb")
+        self.closed = False
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self._indices)
+
+    def __enter__(self) -> "PatchStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self.closed:
+            self.close()
+
+    def add(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, masks: np.ndarray) -> None:
+        """Append (n, H, W, C) uint8 ``images`` with their (n,) labels, (n,) dataset indices and
+        (n, rows, cols) bool keep masks."""
+        images = np.asarray(images)
+        if images.ndim == 3 and self.image_shape[2] == 1:
+            images = images[..., None]
+        n = len(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(f"images: expected (n, {', '.join(map(str, self.image_shape))}) uint8, got {images.shape} {images.dtype}")
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != (n, *self.grid) or len(labels) != n or len(indices) != n:
+            raise ValueError(f"masks, labels, indices: expected ({n}, {self.grid[0]}, {self.grid[1]}), ({n},), ({n},); got {masks.shape}, {len(labels)}, {len(indices)}")
+        if n == 0:
+            return
+        counts = masks.reshape(n, -1).sum(1)
+        if self.k is None:
+            self.k = int(counts[0])
+        if not np.all(counts == self.k):
+            raise ValueError(f"masks: every image must keep the same number of patches ({self.k})")
+        self._indices.append(np.asarray(indices, np.int64))
+        self._labels.append(np.asarray(labels, np.int64))
+        self._masks.append(masks)
+        self._pending.append((_cut(images, masks, self.patch, self.k), masks))
+        self._n_pending += n
+        while self._n_pending >= self.per_tile:
+            self._flush(self.per_tile)
+
+    def _flush(self, count: int) -> None:
+        patches = np.concatenate([p for p, _ in self._pending])
+        masks = np.concatenate([m for _, m in self._pending])
+        tile = _encode_tile(patches[:count], masks[:count], self.patch, self.image_shape, self.codec)
+        if self.verify:
+            self._check(tile, patches[:count], masks[:count])
+        self._body.write(tile)
+        self._tiles.append((count, len(tile)))
+        self._pending = [(patches[count:], masks[count:])] if count < len(masks) else []
+        self._n_pending = len(masks) - count
+
+    def _check(self, tile: bytes, patches: np.ndarray, masks: np.ndarray) -> None:
+        from PIL import Image
+
+        h, w, c = self.image_shape
+        with Image.open(io.BytesIO(tile), formats=[_PILLOW_FORMAT[self.codec.name]]) as im:
+            back = np.asarray(im.convert("RGB" if c == 3 else "L")).reshape(len(masks), h, w, c)
+        diff = _cut(back, masks, self.patch, int(self.k)).astype(np.float64) - patches
+        if self.codec.lossless and diff.any():
+            raise RuntimeError(f"{self.path.name}: a lossless tile does not read back bit for bit (a bug; please report it)")
+        self._sq_error += float(np.sum(diff * diff))
+        self._n_values += diff.size
+
+    @property
+    def psnr(self) -> float:
+        """PSNR (dB, peak 255) of the kept pixels as written against the input (inf when exact;
+        needs ``verify``; complete after :meth:`close`, which writes the last tile)."""
+        if not self._n_values or self._sq_error == 0:
+            return float("inf")
+        return float(10 * np.log10(255.0**2 / (self._sq_error / self._n_values)))
+
+    def close(self) -> int:
+        """Write the file (temporary file, then rename); returns its size in bytes."""
+        if self.closed:
+            raise ValueError(f"{self.path}: the writer is closed")
+        try:
+            if self._n_pending:
+                self._flush(self._n_pending)
+            self._body.close()
+            n = len(self)
+            masks = np.concatenate(self._masks) if self._masks else np.zeros((0, *self.grid), bool)
+            sections, blob = _sections(np.concatenate(self._indices) if n else np.zeros(0, np.int64), np.concatenate(self._labels) if n else np.zeros(0, np.int64), masks)
+            digest = hashlib.sha256(blob)
+            with open(self._body_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+            fields = _header_fields(n, self.image_shape, self.patch, self.grid, self.k or 0, self.classes, self.meta, self.codec)
+            head = _head(fields, sections, blob, self._tiles, digest.hexdigest())
+            import shutil
+            import tempfile
+
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
+                    out.write(head)
+                    shutil.copyfileobj(body, out, 1 << 22)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    size = out.tell()
+                os.replace(tmp, self.path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        except BaseException:
+            self.abort()
+            raise
+        self._body_path.unlink(missing_ok=True)
+        self.closed = True
+        return size
+
+    def abort(self) -> None:
+        """Remove the temporary tile file; ``path`` is left as it was."""
+        if not self._body.closed:
+            self._body.close()
+        self._body_path.unlink(missing_ok=True)
+        self.closed = True
 
 
 def _int(header: dict, key: str, lo: int, hi: int | None = None) -> int:

@@ -223,6 +223,23 @@ def test_damaged_or_truncated_files_give_one_line_errors_naming_them(tmp_path, r
         PatchStore.load(path)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_iter_load_gives_the_file_a_tile_at_a_time(tmp_path, rng, version, monkeypatch):
+    monkeypatch.setattr(store_module, "TILE_PIXELS", 4 * 32 * 32)  # 4 images per tile
+    store, _ = _store(rng, n=10)
+    path = tmp_path / "s.dsqp"
+    path.write_bytes(v1_bytes(store) if version == 1 else store.to_bytes())
+    chunks = list(PatchStore.iter_load(path))
+    assert [len(c) for c in chunks] == ([10] if version == 1 else [4, 4, 2])
+    whole = PatchStore(*(np.concatenate([getattr(c, a) for c in chunks]) for a in ("indices", "labels", "masks", "patches")), store.patch, store.image_shape, store.classes, store.meta)
+    assert _same(whole, store) and chunks[-1].codec == PatchStore.load(path).codec
+    for what, bad in _damaged(path.read_bytes()).items():  # every check of load, one line naming the file
+        path.write_bytes(bad)
+        with pytest.raises(ValueError) as exc:
+            list(PatchStore.iter_load(path))
+        assert str(exc.value).startswith(f"{path}: ") and "\n" not in str(exc.value), (what, str(exc.value))
+
+
 def test_malformed_headers_are_refused_before_decoding(tmp_path, rng, monkeypatch):
     """A header with a valid checksum can still lie; it is checked against the caps, the body
     and each tile's own header before anything is decoded."""

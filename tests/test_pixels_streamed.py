@@ -258,3 +258,28 @@ def test_streamed_pixel_quantization_refuses_what_it_cannot_do(folder, tiny_hf, 
     with pytest.raises(ValueError, match="needs an hf: encoder"):
         compress(folder, encoder=f"torchscript:{script}", out=tmp_path / "b", **common)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_imagefolder_export_of_a_pixel_run_rebuilds_a_tile_at_a_time(tmp_path, monkeypatch):
+    """The export reads patches.dsqp tile by tile (PatchStore.iter_load), and writes what
+    rebuilding the whole file at once gives, every file."""
+    from dsquant.cli import main
+    from dsquant.pixels import load_reconstructed
+    from dsquant.pixels import store as store_module
+
+    monkeypatch.setattr(store_module, "TILE_PIXELS", 10 * 8 * 8)  # digits: 10 images per tile
+    out = tmp_path / "px"
+    assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    whole, store = load_reconstructed(out)
+    seen = []
+    real_iter = PatchStore.iter_load
+    monkeypatch.setattr(PatchStore, "iter_load", classmethod(lambda cls, path: (seen.append(len(c)) or c for c in real_iter(path))))
+    monkeypatch.setattr(PatchStore, "load", classmethod(lambda cls, *a, **k: pytest.fail("export read the whole file")))
+    assert main(["export", str(out), "--format", "imagefolder", "--quiet"]) == 0
+    assert len(seen) == 15 and max(seen) == 10 and sum(seen) == len(store) == 144
+    record = json.loads((out / "export" / "dsquant-export.json").read_text())
+    assert record["files"] == 144 and len(list((out / "export").glob("*/*.png"))) == 144
+    classes = [c["folder"] for c in record["classes"]]
+    for img, label, idx in zip(whole, store.labels, store.indices):
+        png = np.asarray(Image.open(out / "export" / classes[label] / f"{idx:07d}.png"))
+        assert np.array_equal(png, img[..., 0])

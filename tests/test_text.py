@@ -188,6 +188,8 @@ def test_token_batching_and_precision_of_the_sentence_encoder(tiny_sentence_mode
     assert SentenceEncoder(device="cpu").batch_size == 16 and SentenceEncoder(device="cpu", sort="chars").batch_size == 128
     with pytest.raises(ValueError, match="sort: expected 'auto', 'tokens' or 'chars'"):
         SentenceEncoder(sort="length")
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        SentenceEncoder(batch_size=0)
     with pytest.raises(ValueError, match="precision: expected one of"):
         SentenceEncoder(precision="int8")
 

@@ -463,15 +463,22 @@ def write_images(dest: Path, fmt: str, images: np.ndarray, labels: np.ndarray, i
     Returns:
         A manifest record: format, files and bytes written.
     """
-    from PIL import Image
-
     if fmt == "npz":
         with open(dest, "wb") as f:
             np.savez(f, images=images, labels=labels, indices=indices, classes=np.array(classes))
         return {"format": fmt, "files": 1, "bytes": dest.stat().st_size}
     if fmt != "imagefolder":
         raise ValueError(f"export: expected 'imagefolder' or 'npz', got {fmt!r}")
-    folders = class_folders(list(classes))
+    total = write_png_files(dest, class_folders(list(classes)), images, labels, indices)
+    write_export_record(dest, list(classes), len(indices))
+    return {"format": fmt, "files": int(len(indices)), "bytes": total}
+
+
+def write_png_files(dest: Path, folders: list[str], images: np.ndarray, labels, indices) -> int:
+    """``dest/<folders[label]>/<index:07d>.png`` for every (H, W, C) uint8 image; returns the
+    bytes written."""
+    from PIL import Image
+
     total = 0
     for img, lab, idx in zip(images, labels, indices):
         folder = dest / folders[int(lab)]
@@ -479,14 +486,19 @@ def write_images(dest: Path, fmt: str, images: np.ndarray, labels: np.ndarray, i
         path = folder / f"{int(idx):07d}.png"
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path, format="PNG")
         total += path.stat().st_size
+    return total
+
+
+def write_export_record(dest: Path, classes: list[str], n: int) -> None:
+    """:data:`EXPORT_RECORD` of an ImageFolder export of ``n`` files."""
+    folders = class_folders(list(classes))
     record = {
         "dsquant_export": 1,
         "format": "imagefolder",
         "classes": [{"label": i, "class": c, "folder": f} for i, (c, f) in enumerate(zip(classes, folders))],
-        "files": int(len(indices)),
+        "files": int(n),
     }
     (dest / EXPORT_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"format": fmt, "files": int(len(indices)), "bytes": total}
 
 
 def write_streamed(dest: Path, fmt: str, dataset, indices: np.ndarray, image_size: int | None = None) -> dict:
@@ -721,6 +733,17 @@ class Run:
         npz = fmt == "npz"
         dest = Path(dest or Path(self.path) / ("export.npz" if npz else "export"))
         with AtomicOutput(dest, overwrite=overwrite, protect=[m["dataset"]["source"]], keep=[self.path], recognise=is_export_npz if npz else is_export_dir, what="an export", is_file=npz) as w:
+            if m.get("pixels") and not npz:  # a tile at a time: memory bounded whatever the run's size
+                from .pixels import iter_reconstructed
+
+                classes, n = list(m["dataset"]["classes"]), 0
+                folders = class_folders(classes)
+                for images, store in iter_reconstructed(self.path, reconstructor, device, progress):
+                    write_png_files(w.tmp, folders, images, store.labels, store.indices)
+                    n += len(images)
+                write_export_record(w.tmp, classes, n)
+                w.commit()
+                return {"dest": dest, "n": n, "what": f"reconstructed ({reconstructor or m['pixels']['reconstructor']})"}
             if m.get("pixels"):
                 from .pixels import load_reconstructed
 

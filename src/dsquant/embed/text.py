@@ -150,7 +150,11 @@ class SentenceEncoder(TextEncoder):
             raise ValueError(f"sort: expected 'auto', 'tokens' or 'chars', got {sort!r}")
         self._by_tokens = sort == "tokens" or (sort == "auto" and dev.type != "cuda")
         self.model_name = model
-        self.batch_size = batch_size or (16 if self._by_tokens else 128)
+        if batch_size is not None:
+            from ..methods.base import check_int
+
+            check_int("batch_size", batch_size)  # 0 is an error, not the default
+        self.batch_size = batch_size if batch_size is not None else (16 if self._by_tokens else 128)
         self.max_seq_length = max_seq_length
         self.device = device
         self._model = None

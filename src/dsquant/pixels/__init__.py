@@ -38,6 +38,7 @@ __all__ = [
     "png_bytes",
     "ReconstructedDataset",
     "load_reconstructed",
+    "iter_reconstructed",
 ]
 
 
@@ -130,19 +131,43 @@ def load_reconstructed(out_dir, reconstructor: str | None = None, device=None, p
     Returns:
         ((N, H, W, C) uint8 images in the order of ``store.indices``, the store).
     """
+    spec, path = _reconstruction_spec(out_dir, reconstructor)
+    store = PatchStore.load(path)
+    return reconstruct_store(store, make_reconstructor(spec, device=device), progress=progress), store
+
+
+def iter_reconstructed(out_dir, reconstructor: str | None = None, device=None, progress: bool = False):
+    """:func:`load_reconstructed` a tile of the kept-patch file at a time
+    (:meth:`PatchStore.iter_load`): memory bounded by one tile whatever the run's size.
+
+    Yields:
+        ((n, H, W, C) uint8 rebuilt images, the store of those n images), in store order.
+    """
+    from tqdm.auto import tqdm
+
+    spec, path = _reconstruction_spec(out_dir, reconstructor)
+    rec = make_reconstructor(spec, device=device)
+    with tqdm(desc=f"reconstruct ({rec.name})", unit="img", disable=not progress, leave=False) as bar:
+        for store in PatchStore.iter_load(path):
+            yield reconstruct_store(store, rec), store
+            bar.update(len(store))
+
+
+def _reconstruction_spec(out_dir, reconstructor: str | None) -> tuple[str, Path]:
+    """The reconstructor to use (the manifest's unless given; a relative checkpoint resolved
+    against ``out_dir``) and the run's kept-patch file."""
     from ..artifact import read_output
 
     out = read_output(out_dir)
     info = out.manifest.get("pixels")
     if not info:
         raise ValueError(f"{out_dir}: this run kept whole images (no patches.dsqp); compress with --drop-ratio")
-    store = PatchStore.load(Path(out_dir) / "patches.dsqp")
     spec = reconstructor or info.get("reconstructor", "inpaint")
     if ":" in spec:
-        kind, path = spec.split(":", 1)
-        if not Path(path).is_absolute() and (Path(out_dir) / path).exists():
-            spec = f"{kind}:{Path(out_dir) / path}"
-    return reconstruct_store(store, make_reconstructor(spec, device=device), progress=progress), store
+        kind, ckpt = spec.split(":", 1)
+        if not Path(ckpt).is_absolute() and (Path(out_dir) / ckpt).exists():
+            spec = f"{kind}:{Path(out_dir) / ckpt}"
+    return spec, Path(out_dir) / "patches.dsqp"
 
 
 class ReconstructedDataset:

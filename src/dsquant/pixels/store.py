@@ -32,6 +32,7 @@ names it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -287,59 +289,157 @@ class PatchStore:
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<bytes>", max_bytes: int = MAX_DECODED_BYTES) -> "PatchStore":
         """Read a ``.dsqp`` file held in memory; errors name it ``name``. As :meth:`load`."""
-        try:
-            return cls._parse(data, max_bytes)
-        except _Malformed as exc:
-            raise ValueError(f"{name}: {exc}") from None
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, OSError, SyntaxError, zlib.error, struct.error) as exc:
-            text = str(exc).splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(f"{name}: malformed kept-patch file ({type(exc).__name__}{': ' + text if text else ''})") from None
+        with _naming(name):
+            version, header, payload = _verified(data)
+            geometry, arrays, masks = _prepare(version, header, payload, max_bytes)
+            if version == 1:
+                patches = arrays["patches"].copy()
+                codec = {"version": 1, "name": "raw", "lossless": True, "quality": None}
+            else:
+                patches = np.empty((len(masks), geometry[4], geometry[2], geometry[2], geometry[1][2]), dtype=np.uint8)
+                for start, count, part in _iter_tiles(header, payload, masks, geometry[1], geometry[2], geometry[4]):
+                    patches[start : start + count] = part
+                codec = _codec_record(header)
+            return cls._build(header, geometry, arrays, masks, patches, codec)
 
     @classmethod
-    def _parse(cls, data: bytes, max_bytes: int) -> "PatchStore":
-        if len(data) < 4 + _HEAD.size:
-            raise _Malformed("truncated or not a dsquant kept-patch file (shorter than its fixed header)")
-        if data[:4] != MAGIC:
-            raise _Malformed("not a dsquant kept-patch file (bad magic)")
-        version, hlen = _HEAD.unpack_from(data, 4)
-        if version not in READABLE_VERSIONS:
-            raise _Malformed(f"format version {version}, this dsquant reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-        start = 4 + _HEAD.size
-        if start + hlen > len(data):
-            raise _Malformed(f"truncated (the header announces {hlen} bytes, the file holds {len(data) - start} after the fixed header)")
-        try:
-            header = json.loads(data[start : start + hlen].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _Malformed("corrupt header") from None
-        if not isinstance(header, dict):
-            raise _Malformed("corrupt header (not a JSON object)")
-        payload = memoryview(data)[start + hlen :]
-        if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-            raise _Malformed("checksum mismatch (the file is damaged, truncated or was changed)")
-        n, (h, w, c), p, (gh, gw), k = _check_geometry(header, max_bytes)
-        want = {"indices": ("<i8", [n]), "labels": ("<i8", [n]), "masks": ("|u1", [n, (gh * gw + 7) // 8])}
-        if version == 1:
-            want["patches"] = ("|u1", [n, k, p, p, c])
-        arrays = _read_sections(header, payload, want, compressed=version == 2)
-        masks = np.unpackbits(arrays["masks"], axis=1, bitorder="little", count=gh * gw).astype(bool).reshape(n, gh, gw)
-        if n and not np.all(masks.reshape(n, -1).sum(1) == k):
-            raise _Malformed(f"masks do not keep {k} patches in every image")
-        if version == 1:
-            patches = arrays["patches"].copy()
-            codec = {"version": 1, "name": "raw", "lossless": True, "quality": None}
-        else:
-            patches, codec = _decode_tiles(header, payload, masks, (h, w, c), p, k)
+    def iter_load(cls, path: str | os.PathLike) -> Iterator["PatchStore"]:
+        """Read a ``.dsqp`` file a tile at a time: stores of consecutive images (one per tile of
+        a version-2 file, all of a version-1 file at once), in memory bounded by one tile and the
+        per-image masks and indices, whatever the file's size (what rebuilding a large run for
+        export uses). Every check of :meth:`load` is made first (the checksum over the whole
+        body, read in blocks, the header, the sections), each tile's as it is decoded; there is
+        no ``max_bytes``, as nothing is held beyond a tile.
+
+        Raises:
+            ValueError: one line naming the file, as :meth:`load`.
+        """
+        path = Path(path)
+        with open(path, "rb") as f:
+            with _naming(str(path)):
+                version, header, payload = _verified_file(f)
+                geometry, arrays, masks = _prepare(version, header, payload, None)
+            if version == 1:
+                with _naming(str(path)):
+                    store = cls._build(header, geometry, arrays, masks, arrays["patches"].copy(), {"version": 1, "name": "raw", "lossless": True, "quality": None})
+                yield store
+                return
+            codec = _codec_record(header)
+            tiles = _iter_tiles(header, payload, masks, geometry[1], geometry[2], geometry[4])
+            while True:
+                with _naming(str(path)):
+                    item = next(tiles, None)
+                    if item is None:
+                        return
+                    start, count, part = item
+                    part_arrays = {key: arrays[key][start : start + count] for key in ("indices", "labels")}
+                    store = cls._build({**header, "n": count}, geometry, part_arrays, masks[start : start + count], part, codec)
+                yield store
+
+    @classmethod
+    def _build(cls, header, geometry, arrays, masks, patches, codec) -> "PatchStore":
         return cls(
             arrays["indices"].astype(np.int64),
             arrays["labels"].astype(np.int64),
             masks,
             patches,
-            p,
-            (h, w, c),
+            geometry[2],
+            geometry[1],
             [str(x) for x in header["classes"]],
             dict(header.get("meta") or {}),
             codec,
         )
+
+
+@contextlib.contextmanager
+def _naming(name: str):
+    """Turn any error of a malformed file into one ``ValueError`` line that names it."""
+    try:
+        yield
+    except _Malformed as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, OSError, SyntaxError, zlib.error, struct.error) as exc:
+        text = str(exc).splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{name}: malformed kept-patch file ({type(exc).__name__}{': ' + text if text else ''})") from None
+
+
+def _fixed_header(data: bytes, total: int) -> tuple[int, int]:
+    """(version, header length) from the first bytes of a file of ``total`` bytes."""
+    if total < 4 + _HEAD.size:
+        raise _Malformed("truncated or not a dsquant kept-patch file (shorter than its fixed header)")
+    if data[:4] != MAGIC:
+        raise _Malformed("not a dsquant kept-patch file (bad magic)")
+    version, hlen = _HEAD.unpack_from(data, 4)
+    if version not in READABLE_VERSIONS:
+        raise _Malformed(f"format version {version}, this dsquant reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if 4 + _HEAD.size + hlen > total:
+        raise _Malformed(f"truncated (the header announces {hlen} bytes, the file holds {total - 4 - _HEAD.size} after the fixed header)")
+    return version, hlen
+
+
+def _json_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _Malformed("corrupt header") from None
+    if not isinstance(header, dict):
+        raise _Malformed("corrupt header (not a JSON object)")
+    return header
+
+
+def _verified(data: bytes):
+    """(version, header, body) of a file held in memory, its checksum verified."""
+    version, hlen = _fixed_header(data, len(data))
+    start = 4 + _HEAD.size
+    header = _json_header(data[start : start + hlen])
+    payload = memoryview(data)[start + hlen :]
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise _Malformed("checksum mismatch (the file is damaged, truncated or was changed)")
+    return version, header, payload
+
+
+class _FileBody:
+    """The body of an open file, sliced by reading (``body[a:b]`` is bytes)."""
+
+    def __init__(self, f, start: int, size: int) -> None:
+        self.f, self.start, self.size = f, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, span: slice) -> bytes:
+        self.f.seek(self.start + span.start)
+        return self.f.read(span.stop - span.start)
+
+
+def _verified_file(f):
+    """(version, header, body) of an open file, its checksum verified by reading the body in
+    blocks; the body is read again, a part at a time, as it is used."""
+    total = os.fstat(f.fileno()).st_size
+    version, hlen = _fixed_header(f.read(4 + _HEAD.size), total)
+    header = _json_header(f.read(hlen))
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 22), b""):
+        digest.update(block)
+    if digest.hexdigest() != header.get("sha256"):
+        raise _Malformed("checksum mismatch (the file is damaged, truncated or was changed)")
+    start = 4 + _HEAD.size + hlen
+    return version, header, _FileBody(f, start, total - start)
+
+
+def _prepare(version: int, header: dict, payload, max_bytes: int | None):
+    """The geometry (n, (H, W, C), patch, (rows, cols), kept), the sections and the masks,
+    checked against each other."""
+    geometry = _check_geometry(header, max_bytes)
+    n, (h, w, c), p, (gh, gw), k = geometry
+    want = {"indices": ("<i8", [n]), "labels": ("<i8", [n]), "masks": ("|u1", [n, (gh * gw + 7) // 8])}
+    if version == 1:
+        want["patches"] = ("|u1", [n, k, p, p, c])
+    arrays = _read_sections(header, payload, want, compressed=version == 2)
+    masks = np.unpackbits(arrays["masks"], axis=1, bitorder="little", count=gh * gw).astype(bool).reshape(n, gh, gw)
+    if n and not np.all(masks.reshape(n, -1).sum(1) == k):
+        raise _Malformed(f"masks do not keep {k} patches in every image")
+    return geometry, arrays, masks
 
 
 def _check_sides(image_shape) -> None:
@@ -592,7 +692,7 @@ def _check_geometry(header: dict, max_bytes: int):
     if header.get("grid") != [gh, gw]:
         raise _Malformed(f"header field 'grid' is {header.get('grid')!r}, expected {[gh, gw]} for {h}x{w} images and {p} px patches")
     k = _int(header, "kept_per_image", 0, gh * gw)
-    if n * k * p * p * c > max_bytes:
+    if max_bytes is not None and n * k * p * p * c > max_bytes:
         raise _Malformed(f"the header announces {n} images of {k} kept {p}x{p}x{c} patches ({n * k * p * p * c:,} bytes), above the cap of {max_bytes:,} (PatchStore.load(max_bytes=...))")
     if not isinstance(header.get("classes"), list) or not isinstance(header.get("meta", {}), dict):
         raise _Malformed("header fields 'classes' (a list) or 'meta' (an object) malformed")
@@ -638,8 +738,14 @@ def _read_sections(header: dict, payload: memoryview, want: dict, compressed: bo
     return arrays
 
 
-def _decode_tiles(header: dict, payload: memoryview, masks: np.ndarray, image_shape, p: int, k: int):
-    """(n, k, p, p, C) kept patches from version 2's tiles, and the codec record."""
+def _codec_record(header: dict) -> dict:
+    rec = header.get("codec")
+    return {"version": 2, **{key: rec.get(key) for key in ("name", "lossless", "quality", "effort") if key in rec}}
+
+
+def _iter_tiles(header: dict, payload, masks: np.ndarray, image_shape, p: int, k: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first image, images, (images, k, p, p, C) kept patches) of every tile of a version-2
+    body, in order; the tile list is checked whole before the first is decoded."""
     from PIL import Image
 
     n = len(masks)
@@ -660,7 +766,6 @@ def _decode_tiles(header: dict, payload: memoryview, masks: np.ndarray, image_sh
         if t["count"] * h * w > limit:
             raise _Malformed(f"tile {i} of {t['count']} images is above the cap of {MAX_TILE_PIXELS} pixels")
         spans.append(_span(t, len(payload), f"tile {i}"))
-    patches = np.empty((n, k, p, p, c), dtype=np.uint8)
     start = 0
     for i, (t, (off, nbytes)) in enumerate(zip(tiles, spans)):
         count = t["count"]
@@ -673,7 +778,5 @@ def _decode_tiles(header: dict, payload: memoryview, masks: np.ndarray, image_sh
             if isinstance(exc, _Malformed):
                 raise
             raise _Malformed(f"tile {i} cannot be decoded as {fmt} ({str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-        images = pixels.reshape(count, h, w, c)
-        patches[start : start + count] = _cut(images, masks[start : start + count], p, k)
+        yield start, count, _cut(pixels.reshape(count, h, w, c), masks[start : start + count], p, k)
         start += count
-    return patches, {"version": 2, **{key: rec.get(key) for key in ("name", "lossless", "quality", "effort") if key in rec}}

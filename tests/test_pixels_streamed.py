@@ -178,6 +178,16 @@ def test_backbone_gradcam_of_a_vit_matches_a_naive_reference(tmp_path):
     np.testing.assert_allclose(maps, ref, rtol=1e-3, atol=1e-5 * ref.max())
 
 
+def test_head_rows_are_class_balanced_and_seeded():
+    from dsquant.pixels.streamed import head_rows
+
+    labels = np.repeat([0, 1, 2], [10, 3, 30])
+    rows = head_rows(labels, 3, limit=12, seed=5)
+    assert np.all(np.diff(rows) > 0) and np.bincount(labels[rows]).tolist() == [4, 3, 4]  # 12 // 3 per class, all of the small one
+    assert np.array_equal(rows, head_rows(labels, 3, limit=12, seed=5)) and not np.array_equal(rows, head_rows(labels, 3, limit=12, seed=6))
+    assert np.array_equal(head_rows(labels, 3, limit=43), np.arange(43))  # at most the limit: every row
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -52,7 +52,7 @@ class LinearHead:
         return ((features - self.mean.to(dev)) / self.std.to(dev)) @ self.weight.to(dev) + self.bias.to(dev)
 
 
-def fit_linear_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, iterations: int = 100, seed: int = 0) -> LinearHead:
+def fit_linear_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, iterations: int = 100, seed: int = 0, device=None) -> LinearHead:
     """Softmax regression on standardised ``features``: full-batch L-BFGS (strong Wolfe line
     search), ``iterations`` iterations, L2 weight 1e-4, seeded initialisation.
 
@@ -61,20 +61,23 @@ def fit_linear_classifier(features: np.ndarray, labels: np.ndarray, n_classes: i
         labels: (N,) int64 class ids in ``[0, n_classes)``.
         n_classes: C.
         iterations: L-BFGS iterations.
-        seed: seeds the initialisation (torch).
+        seed: seeds the initialisation (torch, drawn on the CPU).
+        device: where to fit (default the CPU; a GPU makes an ImageNet-size head, 1,000 classes
+            on 2,048-d features, a matter of seconds).
 
     Returns:
-        The fitted :class:`LinearHead`.
+        The fitted :class:`LinearHead` (its tensors on ``device``).
     """
     import torch
 
+    dev = torch.device(device) if device is not None else torch.device("cpu")
     g = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(dev)
     mean, std = x.mean(0), x.std(0) + 1e-6  # conditioning only: the head is fitted on it
     x = (x - mean) / std
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).requires_grad_()
-    b = torch.zeros(n_classes, requires_grad=True)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(dev)
+    w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).to(dev).requires_grad_()
+    b = torch.zeros(n_classes, device=dev, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():

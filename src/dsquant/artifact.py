@@ -25,6 +25,7 @@ How an output is written (:class:`AtomicOutput`, ``docs/reliability.md``):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -73,14 +74,16 @@ _EXPORT_NPZ_MEMBERS = {"indices.npy", "images.npy", "labels.npy", "classes.npy",
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> int:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it into
-    place; returns the bytes written. An interruption leaves the old file or none."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A binary file to write ``path`` through: a temporary file beside it, flushed to disk and
+    renamed into place when the block ends; an exception (or an interruption) in the block
+    leaves the old file or none, and no temporary file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -88,6 +91,12 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> int:
+    """Write ``data`` to ``path`` through :func:`atomic_file`; returns the bytes written."""
+    with atomic_file(path) as f:
+        f.write(data)
     return len(data)
 
 

@@ -39,13 +39,13 @@ def _encoder(dataset, encoder, **options):
     return make_encoder(encoder, getattr(dataset, "kind", None), **options)
 
 
-def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options, codec):
+def _quantize_pixels(dataset, indices, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options, codec):
     """Grad-CAM++ patch scores of the selected images with ``proxy`` (the run's fitted proxy
     encoder), the kept-patch store (encoded with ``codec``, a :class:`dsquant.pixels.Codec`),
     and (for ``tiny-mae``) a masked autoencoder trained on the data; returns the manifest
     record and the files to write."""
     from .embed import fitted_proxy
-    from .pixels import PatchStore, kept_psnr, png_bytes, quantize_pixels, source_file_bytes
+    from .pixels import PatchStore, kept_psnr, png_bytes, quantize_pixels
     from .pixels.reconstruct import TRAIN_NOW
     from .pixels.store import write_atomic
 
@@ -70,68 +70,57 @@ def _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, 
 
         files[f"{TRAIN_NOW}.pt"] = lambda path: save_mae(model_mae, path, mae_info)
         spec = f"{TRAIN_NOW}:{TRAIN_NOW}.pt"
+    psnr = None if psnr == float("inf") else round(psnr, 2)  # None: kept pixels exact
+    record = _pixels_record(dataset, indices, drop_ratio, store.patch, store.grid, int(store.patches.shape[1]), "Grad-CAM++ of the proxy (its predicted class), mean per patch",
+                            spec, mae_info, codec, psnr, len(blob), dataset.image_shape, png_bytes(dataset.images[indices]),
+                            codec_seconds={"write": round(t_write, 3), "read": round(t_read, 3)})
+    return record, files
+
+
+def _pixels_record(dataset, indices, drop_ratio, patch, grid, k, importance, reconstructor, tiny_mae, codec, psnr_db, dsqp_bytes, stored_shape, png, **extra) -> dict:
+    """The manifest's ``pixels`` record: the patch grid, the effective keep ratio
+    (rho x kept / P), how patches were scored and rebuilt, the codec, and the selected images'
+    bytes as kept patches against whole (raw, PNG when measured, the source's files); ``extra``
+    goes before the bytes."""
+    from .pixels import source_file_bytes
+
     source_bytes, source_what = source_file_bytes(dataset, indices)
-    h, w, c = dataset.image_shape
-    p_total = store.grid[0] * store.grid[1]
-    k = int(store.patches.shape[1])
+    h, w, c = stored_shape  # of the stored images
     return {
         "drop_ratio": drop_ratio,
-        "patch": store.patch,
-        "grid": list(store.grid),
-        "kept_per_image": k,
-        "effective_keep_ratio": len(indices) / len(dataset) * k / p_total,  # rho * kept / P
-        "importance": "Grad-CAM++ of the proxy (its predicted class), mean per patch",
-        "reconstructor": spec,
-        "tiny_mae": mae_info,
+        "patch": int(patch),
+        "grid": list(grid),
+        "kept_per_image": int(k),
+        "effective_keep_ratio": len(indices) / len(dataset) * k / (grid[0] * grid[1]),  # rho * kept / P
+        "importance": importance,
+        "reconstructor": reconstructor,
+        "tiny_mae": tiny_mae,
         "codec": codec.record(),
-        "kept_psnr_db": None if psnr == float("inf") else round(psnr, 2),  # None: kept pixels exact
-        "codec_seconds": {"write": round(t_write, 3), "read": round(t_read, 3)},
+        "kept_psnr_db": psnr_db,
+        **extra,
         "bytes": {  # the selected images: kept patches, and whole as raw pixels, PNG, the source's files
-            "patches.dsqp": len(blob),
+            "patches.dsqp": int(dsqp_bytes),
             "raw_uint8": int(len(indices) * h * w * c),
-            "png": png_bytes(dataset.images[indices]),
+            "png": png,
             "source_files": source_bytes,
         },
         "source_files": source_what,
-    }, files
+    }
 
 
-def _quantize_streamed(dataset, indices, ratio, drop_ratio, patch, reconstructor, ctx, encoder, seed, progress, codec, dest):
+def _quantize_streamed(dataset, indices, drop_ratio, patch, reconstructor, ctx, encoder, seed, progress, codec, dest):
     """Pixel quantization of a streamed dataset (:func:`dsquant.pixels.streamed.quantize_streamed`):
     the kept-patch file is written into ``dest`` (the output's temporary directory) as the
     selected images are read; returns the manifest record and the files (already written)."""
-    from .pixels import source_file_bytes
     from .pixels.streamed import quantize_streamed
 
     features = ctx.embedding().features if ctx.encoder is encoder else None
     meta = {"source": str(dataset.source), "fingerprint": dataset.fingerprint()}
     rec = quantize_streamed(dataset, indices, encoder, dest / "patches.dsqp", drop_ratio, patch, codec, features=features, seed=seed, progress=progress, meta=meta)
-    h, w, c = rec["image_shape"]
-    p_total = rec["grid"][0] * rec["grid"][1]
-    source_bytes, source_what = source_file_bytes(dataset, indices)
-    record = {
-        "drop_ratio": drop_ratio,
-        "patch": rec["patch"],
-        "grid": rec["grid"],
-        "kept_per_image": rec["kept_per_image"],
-        "effective_keep_ratio": len(indices) / len(dataset) * rec["kept_per_image"] / p_total,
-        "importance": "Grad-CAM++ of a linear head on the backbone's embedding (its predicted class), on the backbone's last spatial features, mean per patch",
-        "reconstructor": reconstructor,
-        "tiny_mae": None,
-        "codec": codec.record(),
-        "kept_psnr_db": rec["kept_psnr_db"],
-        "image_shape": rec["image_shape"],
-        "preprocessing": rec["preprocessing"],
-        "head": rec["head"],
-        "seconds": rec["seconds"],
-        "bytes": {
-            "patches.dsqp": rec["bytes"],
-            "raw_uint8": int(len(indices) * h * w * c),
-            "png": None,
-            "source_files": source_bytes,
-        },
-        "source_files": source_what,
-    }
+    importance = "Grad-CAM++ of a linear head on the backbone's embedding (its predicted class), on the backbone's last spatial features, mean per patch"
+    record = _pixels_record(dataset, indices, drop_ratio, rec["patch"], rec["grid"], rec["kept_per_image"], importance, reconstructor, None, codec,
+                            rec["kept_psnr_db"], rec["bytes"], rec["image_shape"], None,  # PNG: not measured (every image encoded again)
+                            image_shape=rec["image_shape"], preprocessing=rec["preprocessing"], head=rec["head"], seconds=rec["seconds"])
     return record, {"patches.dsqp": lambda path: None}
 
 
@@ -527,7 +516,7 @@ def compress(
         pixels_record = None
         if drop_ratio is not None and getattr(dataset, "streamed", False):
             t = time.perf_counter()
-            pixels_record, extra_files = _quantize_streamed(dataset, indices, ratio, drop_ratio, patch, reconstructor, ctx, run_encoder, proxy_seed, progress, codec, writer.tmp)
+            pixels_record, extra_files = _quantize_streamed(dataset, indices, drop_ratio, patch, reconstructor, ctx, run_encoder, proxy_seed, progress, codec, writer.tmp)
             timings["pixels"] = time.perf_counter() - t
         elif drop_ratio is not None:
             t = time.perf_counter()
@@ -535,7 +524,7 @@ def compress(
 
             # the run's proxy when it embedded with one, else the proxy it would have used
             proxy = ctx.encoder if isinstance(ctx.encoder, ProxyEncoder) else _encoder(dataset, "proxy", **options)
-            pixels_record, extra_files = _quantize_pixels(dataset, indices, ratio, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {}, codec)
+            pixels_record, extra_files = _quantize_pixels(dataset, indices, drop_ratio, patch, reconstructor, cache, proxy, proxy_seed, device, progress, mae_options or {}, codec)
             timings["pixels"] = time.perf_counter() - t
 
         manifest = _manifest(data, dataset, selector, selection, emb_record, pixels_record, ratio=ratio, seed=seed, enc_config=enc_config, block_size=block_size, precision=precision, split=split, image_size=image_size, group_by=group_by, command=command, engine=engine, partitions=partitions, partition_union=partition_union)

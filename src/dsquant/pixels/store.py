@@ -45,6 +45,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..artifact import atomic_file
 from ..artifact import write_atomic  # noqa: F401  (re-exported: pixels.store.write_atomic)
 from .patches import patch_grid
 
@@ -638,21 +639,11 @@ class PatchStoreWriter:
             fields = _header_fields(n, self.image_shape, self.patch, self.grid, self.k or 0, self.classes, self.meta, self.codec)
             head = _head(fields, sections, blob, self._tiles, digest.hexdigest())
             import shutil
-            import tempfile
 
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
-                    out.write(head)
-                    shutil.copyfileobj(body, out, 1 << 22)
-                    out.flush()
-                    os.fsync(out.fileno())
-                    size = out.tell()
-                os.replace(tmp, self.path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            with atomic_file(self.path) as out, open(self._body_path, "rb") as body:
+                out.write(head)
+                shutil.copyfileobj(body, out, 1 << 22)
+                size = out.tell()
         except BaseException:
             self.abort()
             raise

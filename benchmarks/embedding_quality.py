@@ -12,8 +12,11 @@ split: k, C and the iterations are fixed in advance.
     python benchmarks/embedding_quality.py ../shared/data/cifar10/cifar10-jpeg.tar
     python benchmarks/embedding_quality.py ../shared/data/fashion-mnist --encoders pixels proxy
     python benchmarks/embedding_quality.py ../shared/data/fashion-mnist --encoders kmeans kmeans:400
+    python benchmarks/embedding_quality.py ../shared/data/cifar10/cifar10-jpeg.tar --encoders proxy:30 simclr:10
 
-``kmeans[:K]``: single-layer k-means features (Coates et al. 2011, dsquant.embed.kmeans; K
+``proxy[:EPOCHS]``: the proxy (default 5 epochs; 30 is close to convergence), its penultimate
+features. ``simclr[:EPOCHS]``: a SimCLR encoder trained EPOCHS passes over every training image
+(no labels), its backbone features. ``kmeans[:K]``: single-layer k-means features (Coates et al. 2011, dsquant.embed.kmeans; K
 centroids, 4 K features), the dictionary learned on the training split without labels.
 """
 
@@ -75,7 +78,17 @@ def embeddings(name: str, train, test, cache):
         if not enc.fitted:  # the training embedding came from the cache: learn the same dictionary again
             enc.fit(train.images)
         return emb.features, enc.transform(test.images, progress=True), time.perf_counter() - t
-    raise SystemExit(f"unknown encoder {name!r}: pixels, proxy, proxy:EPOCHS, kmeans or kmeans:K")
+    if name == "simclr" or name.startswith("simclr:"):
+        # SimCLR (NT-Xent, dsquant.embed.diversity.SimCLREncoder, ADQ's diversity encoder) trained
+        # longer than ADQ's default 2 epochs on 20,000 images: EPOCHS passes over every training image
+        from dsquant.embed.diversity import SimCLREncoder
+
+        epochs = int(name.split(":")[1]) if ":" in name else 2
+        enc = SimCLREncoder(epochs=epochs, max_samples=len(train))
+        enc.train(train.images, int(train.labels.max()) + 1, progress=True)
+        feats = lambda ds: predict(enc.model.backbone, ds.images, with_features=True)[1].astype(np.float32)  # noqa: E731
+        return feats(train), feats(test), time.perf_counter() - t
+    raise SystemExit(f"unknown encoder {name!r}: pixels, proxy, proxy:EPOCHS, simclr, simclr:EPOCHS, kmeans or kmeans:K")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 import dsquant
 from dsquant import data as _data  # noqa: F401  (dsquant.data below)
+from dsquant.core.baselines import herding, herding_cell_rank
 from dsquant.core.bins import generate_bins
 from dsquant.core.sampling import largest_remainder, sample_uniform, sample_with_counts, skewed_bin_counts
 from dsquant.methods import DQ, DQBudget, make_method
@@ -69,6 +70,46 @@ def test_greedy_order_takes_the_first_picks_and_draws_the_last_bin(rng):
         sample_with_counts(bins, [2, 2], labels, seed=0, rank=rank[:5])
 
 
+def test_herding_cell_rank_hand_computed_and_reduces_to_herding(rng):
+    # one cell, 1-D: mean 3.25; first pick 2 (closest), then the x that brings (2 + x) / 2 closest
+    # to 3.25: 1 (1.5, off by 1.75) beats 0 (1.0) and 10 (6.0); the others rank q = 2
+    X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    assert herding_cell_rank(X, [np.arange(4)], [2]).tolist() == [2, 1, 0, 2]
+    # two bins, two classes: every cell's picks are herding's on that cell alone
+    X = rng.normal(size=(60, 4))
+    labels = np.repeat([0, 1], 30)
+    bins = [np.arange(0, 60, 3), np.setdiff1d(np.arange(60), np.arange(0, 60, 3))]
+    rank = herding_cell_rank(X, bins, [6, 3], labels)
+    picked = set(sample_with_counts(bins, [6, 3], labels, seed=0, rank=rank).tolist())
+    for b, q_cells in zip(bins, ((3, 3), (2, 1))):  # 6 over two classes of 10: 3 + 3; 3 over 20 + 20: 2 + 1 (controlled rounding)
+        for c, q in zip((0, 1), q_cells):
+            cell = b[labels[b] == c]
+            assert set(cell[herding(X[cell], q)].tolist()) == picked & set(cell.tolist())
+    assert len(picked) == 9 and (rank[np.setdiff1d(np.arange(60), np.concatenate(bins))] == -1).all()
+    # a single bin: stratified herding is herding per class
+    one = [np.arange(60)]
+    assert np.array_equal(sample_with_counts(one, [11], labels, 0, herding_cell_rank(X, one, [11], labels)), herding(X, 11, labels))
+    with pytest.raises(ValueError, match="bin_counts"):
+        herding_cell_rank(X, bins, [21, 0], labels)
+
+
+def test_herding_order_in_dq_budget():
+    ds = dsquant.data.load_digits()
+    feats = ds.images.reshape(len(ds), -1).astype(np.float32)
+    fds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
+    m = DQBudget(n_bins=5, skew=1.0, drop_last=True, order="herding")
+    a, b = dsquant.compress(fds, ratio=0.1, seed=0, method=m), dsquant.compress(fds, ratio=0.1, seed=3, method=m)
+    assert np.array_equal(a.indices, b.indices)  # deterministic: no draw anywhere
+    counts = a.manifest["dq-budget"]["counts"]
+    assert counts == skewed_bin_counts([len(x) for x in a.bins], len(a.indices), 1.0, True).tolist() and counts[-1] == 0
+    chosen = set(a.indices.tolist())
+    for k, bk in enumerate(a.bins):  # naive: every (bin, class) cell gives herding's first picks on the cell
+        for c in range(10):
+            cell = bk[ds.labels[bk] == c]
+            q = sum(i in chosen for i in cell.tolist())
+            assert set(cell[herding(feats[cell], q)].tolist()) == chosen & set(cell.tolist())
+
+
 def test_without_skew_it_is_dq_to_the_bit():
     ds = dsquant.data.load_digits()
     feats = ds.images.reshape(len(ds), -1).astype(np.float32)
@@ -81,12 +122,19 @@ def test_without_skew_it_is_dq_to_the_bit():
 
 
 def test_auto_rule_and_its_record():
-    # the frozen rule, by hand: full skew to 10 per class, 0 from 50, log-linear between
+    # the frozen rules, by hand. proxy: full skew to 50 per class, 0 from 500, log-linear between;
+    # greedy order below 3.2, herding order from there to 500, drop the last bin below 500
     assert budget_rule(1) == {"skew": 2.0, "drop_last": True, "order": "greedy"}
-    assert budget_rule(10) == {"skew": 2.0, "drop_last": True, "order": "uniform"}
-    assert budget_rule(20)["skew"] == pytest.approx(2.0 * np.log(50 / 20) / np.log(5))
-    assert budget_rule(50)["skew"] == 0.0 and budget_rule(500) == {"skew": 0.0, "drop_last": False, "order": "uniform"}
-    assert budget_rule(3)["order"] == "greedy" and budget_rule(4)["order"] == "uniform" and RULE["greedy_below"] == 3.2
+    assert budget_rule(10) == {"skew": 2.0, "drop_last": True, "order": "herding"} == budget_rule(50)
+    assert budget_rule(100)["skew"] == pytest.approx(2.0 * np.log(500 / 100) / np.log(10))
+    assert budget_rule(500) == {"skew": 0.0, "drop_last": False, "order": "uniform"}
+    assert budget_rule(3)["order"] == "greedy" and budget_rule(4)["order"] == "herding" and RULE["greedy_below"] == 3.2
+    # pretrained: full skew to 2 per class, 0 from 5; DQ from 5 per class up
+    assert budget_rule(1, "pretrained") == {"skew": 2.0, "drop_last": True, "order": "greedy"}
+    assert budget_rule(3, "pretrained")["skew"] == pytest.approx(2.0 * np.log(5 / 3) / np.log(5 / 2))
+    assert budget_rule(5, "pretrained") == {"skew": 0.0, "drop_last": False, "order": "uniform"} == budget_rule(40, "pretrained")
+    with pytest.raises(ValueError, match="embedding: expected one of"):
+        budget_rule(1, "clip")
     with pytest.raises(ValueError, match="per_class: expected a positive number"):
         budget_rule(0)
     ds = dsquant.data.load_digits()
@@ -94,7 +142,8 @@ def test_auto_rule_and_its_record():
     fds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
     run = dsquant.compress(fds, ratio=20 / len(ds), method="dq-budget")  # 20 samples, 2 per class
     rec = run.manifest["dq-budget"]
-    assert rec["per_class"] == 2.0 and rec["skew"] == budget_rule(2.0)["skew"] and rec["order"] == budget_rule(2.0)["order"]
+    assert rec["per_class"] == 2.0 and rec["embedding"] == "pretrained" and rec["rule"] == 2  # features given: the pretrained rule
+    assert {k: rec[k] for k in ("skew", "drop_last", "order")} == budget_rule(2.0, "pretrained")
     # greedy order at 2 per class: the class's first greedy picks, whatever the seed
     other = dsquant.compress(fds, ratio=20 / len(ds), method="dq-budget", seed=5)
     if rec["order"] == "greedy":
@@ -110,8 +159,9 @@ def test_auto_rule_and_its_record():
 
 
 def test_parameters_checked_once():
-    for bad, match in [({"skew": "big"}, "skew: expected a finite number or 'auto'"), ({"skew": float("inf")}, "skew"), ({"drop_last": 1}, "drop_last: expected True, False or 'auto'"), ({"order": "random"}, "order: expected 'uniform', 'greedy' or 'auto'")]:
+    for bad, match in [({"skew": "big"}, "skew: expected a finite number or 'auto'"), ({"skew": float("inf")}, "skew"), ({"drop_last": 1}, "drop_last: expected True, False or 'auto'"), ({"order": "random"}, "order: expected 'uniform', 'greedy', 'herding' or 'auto'")]:
         with pytest.raises(ValueError, match=match):
             DQBudget(**bad)
     m = make_method("dq-budget", n_bins=5, alpha=0.3)
-    assert m.config() == {"n_bins": 5, "precision": "float32", "block_size": None, "skew": "auto", "drop_last": "auto", "order": "auto"}
+    assert m.config() == {"n_bins": 5, "precision": "float32", "block_size": None, "skew": "auto", "drop_last": "auto", "order": "auto", "rule": 2}
+    assert "rule" not in DQBudget(skew=1.0, drop_last=True, order="uniform").config()

@@ -46,6 +46,8 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     budget = read_output(out)
     assert code == 0 and budget.manifest["method"] == "dq-budget" and "dq-budget" in stdout
     assert all(np.array_equal(a, b) for a, b in zip(budget.bins, res.bins)) and len(budget.indices) == 144
+    rec = budget.manifest["dq-budget"]  # images embedded by the proxy: the proxy rule, 14.4 per class
+    assert rec["embedding"] == "proxy" and rec["order"] == "herding" and rec["drop_last"] and rec["skew"] == 2.0
     code, stdout, _ = run(capsys, "info", out)
     assert code == 0 and "bin" in stdout and "selected per class" in stdout
 

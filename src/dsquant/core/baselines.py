@@ -39,10 +39,11 @@ from numba import njit
 from scipy import sparse, special
 from threadpoolctl import threadpool_limits
 
-from .sampling import budget, split_over_classes
+from .sampling import _cells, budget, split_over_classes
 
 __all__ = [
     "class_quotas",
+    "herding_cell_rank",
     "select_by_score",
     "el2n_scores",
     "last_layer_grad_norm",
@@ -709,6 +710,53 @@ def herding(X, n: int, labels=None, *, n_jobs: int | None = None) -> np.ndarray:
     X, n, pools, quotas = _count_pools(X, n, labels, n_jobs)
     tasks = [(p, int(q)) for p, q in zip(pools, quotas) if q]
     return _finish(_map_pools(lambda t: t[0][_herding_pool(_take(X, t[0]), t[1])], tasks, n_jobs, one_blas_thread=True))
+
+
+def herding_cell_rank(X, bins: Sequence[np.ndarray], bin_counts: Sequence[int], labels=None) -> np.ndarray:
+    """Herding order inside every (bin, class) cell, as ranks for
+    :func:`dsquant.core.sampling.sample_with_counts`.
+
+    The cell counts are those ``sample_with_counts`` gives (``bin_counts`` split over each bin's
+    classes by :func:`~dsquant.core.sampling.split_over_classes`); a cell that gives q samples
+    runs :func:`herding` on its own members (towards the cell's mean) for q picks: they get ranks
+    0..q-1 in pick order, its other members rank q. ``sample_with_counts(bins, bin_counts,
+    labels, seed, rank)`` then takes exactly the herding picks of every cell; cells that give
+    nothing are ranked 0 throughout (never read). Cost O(sum over cells of q n_cell d).
+
+    Args:
+        X: (N, d) embedding of the whole dataset, float32 or float64; finite.
+        bins: K int arrays of dataset indices (as from :func:`dsquant.generate_bins`).
+        bin_counts: (K,) ints, ``0 <= bin_counts[k] <= len(bins[k])``.
+        labels: optional (N,) class labels.
+
+    Returns:
+        (N,) int64 ranks (samples in no bin: -1).
+
+    Raises:
+        ValueError: on a bad X, bins that do not fit X, or a count out of range.
+
+    Source: dsquant's ``dq-budget`` extension (docs/selection.md); herding as :func:`herding`.
+    """
+    X = _check_embedding(X)
+    N = X.shape[0]
+    labels = _check_labels(labels, N)
+    bins = [np.asarray(b, dtype=np.int64) for b in bins]
+    counts = np.asarray(bin_counts, dtype=np.int64)
+    if counts.shape != (len(bins),) or any(not 0 <= c <= len(b) for c, b in zip(counts, bins)):
+        raise ValueError(f"bin_counts: expected {len(bins)} counts, each within its bin's size, got {counts.tolist()}")
+    if any(len(b) and (b.min() < 0 or b.max() >= N) for b in bins):
+        raise ValueError(f"bins: expected dataset indices in [0, {N}) of X's rows")
+    sizes, members = _cells(bins, labels)
+    per_cell = split_over_classes(counts, sizes)
+    rank = np.full(N, -1, dtype=np.int64)
+    for row, row_counts in zip(members, per_cell):
+        for m, q in zip(row, row_counts):
+            if not len(m):
+                continue
+            rank[m] = int(q)
+            if q:
+                rank[m[_herding_pool(_take(X, m), int(q))]] = np.arange(int(q))
+    return rank
 
 
 # ---------------------------------------------------------------------------------------------

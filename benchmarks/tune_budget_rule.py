@@ -100,7 +100,7 @@ def main() -> None:
         emb = SimpleNamespace(features=pool.features, for_binning=lambda: pool.features)
         args.arch = ["logreg-minilm"]
 
-        def train_and_test(pool, idx, val, arch, preset, seed):  # noqa: F811
+        def evaluate(pool, idx, val, arch, preset, seed):
             t0 = time.perf_counter()
             acc = logreg_accuracy(pool.features[idx], pool.labels[idx], val.features, val.labels, seed=seed)
             return {"accuracy": acc, "seconds": round(time.perf_counter() - t0, 2)}
@@ -109,6 +109,7 @@ def main() -> None:
         train = read_dataset(args.data, cache=cache)
         pool, val = validation_split(train, seed=0)
         emb, rec = embed(ProxyEncoder(epochs=args.epochs, seed=0, embedding=args.embedding), pool, cache=cache, progress=True)
+        evaluate = train_and_test
         print(f"proxy embedding of the pool ({len(pool)}): {time.perf_counter() - t:.0f} s (cached {rec['cached']})", flush=True)
     t = time.perf_counter()
     bins, rank = generate_bins(emb.for_binning(), args.bins, pool.labels, return_rank=True)
@@ -133,11 +134,9 @@ def main() -> None:
         else:
             skew, drop, order = VARIANTS[name]
             counts = skewed_bin_counts([len(b) for b in bins], total, skew, drop)
-            order_rank = {"greedy": rank, "uniform": None}.get(order)
-            if order == "herding":
-                order_rank = herding_cell_rank(emb.features, bins, counts, pool.labels)
+            order_rank = rank if order == "greedy" else herding_cell_rank(emb.features, bins, counts, pool.labels) if order == "herding" else None
             idx = sample_with_counts(bins, counts, pool.labels, seed, order_rank)
-        r = train_and_test(pool, idx, val, arch, args.preset, seed)
+        r = evaluate(pool, idx, val, arch, args.preset, seed)
         done[key] = r["accuracy"]
         with open(args.out, "a") as f:
             f.write(f"{m},{name},{arch},{seed},{r['accuracy']:.6f},{len(idx)}\n")

@@ -8,6 +8,12 @@ of where each method beats random (interval above zero), ties (interval contains
 Reads the ``summary.csv`` files ``dsquant benchmark`` and ``benchmarks/eval_text.py --out``
 write; ``--per-class`` labels budgets as images per class where the classes are known
 (``--classes NAME=K N`` gives a dataset's class count K and training-set size N). Prints Markdown.
+
+``--pair A B`` also prints A's difference from B in every cell both were run, paired by seed
+(the same seed trains both subsets from the same initialisation), from the ``results.csv``
+beside each summary:
+
+    python benchmarks/leaderboard.py docs/results/lowbudget-cifar10/summary.csv --pair dq-budget herding
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ def main() -> None:
     p.add_argument("summaries", nargs="+", help="summary.csv files")
     p.add_argument("--classes", nargs="*", default=["fashion-mnist=10:60000", "cifar10-jpeg=10:50000", "banking77=77:10003"],
                    help="NAME=K:N per dataset, to label budgets as samples per class")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="also print method A minus method B, paired by seed")
     args = p.parse_args()
     sizes = {}
     for item in args.classes:
@@ -79,6 +86,33 @@ def main() -> None:
     print("| *random (accuracy %)* | " + " | ".join(f"{100 * float(b['mean']):.2f} ± {100 * float(b['std']):.2f}" if b else "-" for b in base) + " | |")
     for (d, a), r in sorted(fulls.items()):
         print(f"| *full data, {d} / {a}* | {100 * float(r['mean']):.2f} ± {100 * float(r['std']):.2f} (n={r['n']}) |" + " |" * len(cells))
+    if args.pair:
+        _print_pair(args.summaries, *args.pair, sizes)
+
+
+def _print_pair(summaries: list[str], a: str, b: str, sizes: dict) -> None:
+    """``a`` minus ``b`` per (dataset, arch, ratio), paired by (preset, seed), from the
+    results.csv beside each summary.csv."""
+    from pathlib import Path
+
+    from dsquant.evaluate.stats import paired_difference
+
+    acc: dict[tuple, dict] = {}
+    for path in summaries:
+        with open(Path(path).with_name("results.csv")) as f:
+            for r in csv.DictReader(f):
+                if r["method"] in (a, b):
+                    acc.setdefault((r["dataset"], r["arch"], float(r["ratio"]), r["method"]), {})[(r["preset"], r["seed"])] = float(r["accuracy"])
+    print(f"\n{a} minus {b} (percentage points), paired by seed, 95 % paired t interval:\n")
+    print("| dataset / arch / budget | difference | seeds |")
+    print("|---|---|---|")
+    for d, arch, q in sorted({k[:3] for k in acc}):
+        x, y = acc.get((d, arch, q, a)), acc.get((d, arch, q, b))
+        seeds = sorted(set(x or ()) & set(y or ()))
+        if len(seeds) < 2:
+            continue
+        diff = paired_difference([x[s] for s in seeds], [y[s] for s in seeds])
+        print(f"| {d} / {arch} / {_label(q, sizes, d)} | {100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] | {len(seeds)} |")
 
 
 if __name__ == "__main__":

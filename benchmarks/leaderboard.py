@@ -99,7 +99,10 @@ def _print_pair(summaries: list[str], a: str, b: str, sizes: dict) -> None:
 
     acc: dict[tuple, dict] = {}
     for path in summaries:
-        with open(Path(path).with_name("results.csv")) as f:
+        results = Path(path).with_name("results.csv")
+        if not results.is_file():
+            raise SystemExit(f"--pair: {results} not found (the every-training results.csv that dsquant benchmark writes beside {path})")
+        with open(results) as f:
             for r in csv.DictReader(f):
                 if r["method"] in (a, b):
                     acc.setdefault((r["dataset"], r["arch"], float(r["ratio"]), r["method"]), {})[(r["preset"], r["seed"])] = float(r["accuracy"])

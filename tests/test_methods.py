@@ -97,7 +97,7 @@ def test_parameters_are_stored_unchanged_and_checked_once():
         (lambda: ADQ(alpha=float("nan")), "alpha: expected a weight in [0, 1], got nan"),
         (lambda: ADQ(alpha=1.5), "alpha: expected a weight in [0, 1], got 1.5"),
         (lambda: ADQ(diversity_encoder="clip"), "diversity_encoder: expected one of"),
-        (lambda: make_method("kmeans"), "method: expected one of dq, adq, dq-budget, random, kcenter, herding"),
+        (lambda: make_method("kmeans"), "method: expected one of dq, adq, dq-budget, validated, random, kcenter, herding"),
         (lambda: make_method("prototypes", n_clusters=0), "n_clusters: expected an integer >= 1, got 0"),
         (lambda: make_method("facility-location", metric="l1"), "metric: expected 'cosine' or 'euclidean', got 'l1'"),
     ]:

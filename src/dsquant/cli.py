@@ -118,6 +118,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--seed",), dict(dest="seed", type=_seed, default=0, help="seed of training and sampling, in [0, 2**32) (default 0)")),
         (("--alpha",), dict(dest="alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")),
         (("--diversity-encoder",), dict(dest="diversity_encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")),
+        (("--candidates",), dict(dest="candidates", nargs="+", choices=[m for m, c in METHODS.items() if not c.needs_pixels and m != "validated"], metavar="METHOD", help="validated: the methods it chooses between on a validation split of the training set (default dq-budget herding)")),
         (("--rep",), dict(dest="representativeness", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")),
         (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
         (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["largest_remainder", "split_over_classes", "sample_uniform", "sample_with_counts", "skewed_bin_counts", "budget"]
+__all__ = ["largest_remainder", "split_over_classes", "sample_uniform", "sample_with_counts", "skewed_bin_counts", "budget", "validation_indices"]
 
 
 def budget(ratio: float, n: int) -> int:
@@ -319,3 +319,32 @@ def skewed_bin_counts(sizes: Sequence[int], total: int, skew: float = 0.0, drop_
         caps[-1] = 0
         weights[-1] = 0.0
     return largest_remainder(int(total), weights, caps=caps)
+
+
+def validation_indices(labels: np.ndarray, fraction: float = 1 / 6, seed: int = 0, classes: Sequence[str] | None = None) -> np.ndarray:
+    """(V,) sorted int64 indices of a class-balanced validation split held out of a training
+    set: every class gives ``round(fraction * its size)`` samples (at least one, and at least
+    one stays out), drawn without replacement with ``seed``, classes in increasing id order.
+
+    Args:
+        labels: (N,) int class ids.
+        fraction: share of every class held out, in (0, 1).
+        seed: the split's seed.
+        classes: class names, for the error message.
+
+    Raises:
+        ValueError: on a fraction outside (0, 1) or a class of one sample.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: expected a share in (0, 1), got {fraction!r}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            name = repr(classes[c]) if classes is not None else int(c)
+            raise ValueError(f"class {name} has {len(members)} sample; a validation split needs 2 per class")
+        k = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
+        held.append(rng.choice(members, k, replace=False))
+    return np.sort(np.concatenate(held)).astype(np.int64)

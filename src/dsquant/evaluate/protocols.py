@@ -30,20 +30,16 @@ def validation_split(dataset, fraction: float = 1 / 6, seed: int = 0):
     """
     from dataclasses import replace
 
+    from ..core.sampling import validation_indices
+
     if getattr(dataset, "labels", None) is None:
         raise ValueError(f"{dataset.source}: a validation split needs labels; this dataset has none")
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction: expected a share in (0, 1), got {fraction!r}")
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in np.unique(dataset.labels):
-        members = np.flatnonzero(dataset.labels == c)
-        if len(members) < 2:
-            raise ValueError(f"{dataset.source}: class {dataset.classes[c]!r} has {len(members)} sample; a validation split needs 2 per class")
-        k = min(len(members) - 1, max(1, int(round(fraction * len(members)))))
-        held.append(rng.choice(members, k, replace=False))
+    try:
+        held = validation_indices(dataset.labels, fraction, seed, dataset.classes)
+    except ValueError as exc:
+        raise ValueError(f"{dataset.source}: {exc}" if str(exc).startswith("class") else str(exc)) from None
     mask = np.zeros(len(dataset), dtype=bool)
-    mask[np.concatenate(held)] = True
+    mask[held] = True
 
     def part(keep: np.ndarray, split: str):
         fields = {"labels": dataset.labels[keep], "split": split}

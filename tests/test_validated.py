@@ -1,0 +1,123 @@
+"""The ``validated`` method: the best candidate on a validation split carved from the training set
+(docs/selection.md). Checked against a naive reimplementation: the split, every candidate's pool
+selection, every validation accuracy, the choice, and the final selection."""
+
+import numpy as np
+import pytest
+
+import dsquant
+import dsquant.data
+from dsquant.core.baselines import herding
+from dsquant.core.sampling import validation_indices
+from dsquant.evaluate.protocols import validation_split
+from dsquant.evaluate.text import logreg_accuracy
+from dsquant.methods import Validated
+
+
+def _digits_features():
+    ds = dsquant.data.load_digits()
+    feats = ds.images.reshape(len(ds), -1).astype(np.float32)
+    return dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
+
+
+def test_validation_indices_by_hand_and_as_the_split():
+    labels = np.array([0] * 12 + [1] * 6 + [2] * 2)
+    held = validation_indices(labels, 1 / 6, seed=0)
+    # round(12/6) = 2, round(6/6) = 1, round(2/6) = 0 -> at least 1
+    assert np.bincount(labels[held]).tolist() == [2, 1, 1] and np.all(np.diff(held) > 0)
+    assert np.array_equal(held, validation_indices(labels, 1 / 6, seed=0))
+    assert not np.array_equal(held, validation_indices(labels, 1 / 6, seed=1))
+    fds = _digits_features()
+    pool, val = validation_split(fds, seed=3)
+    held = validation_indices(fds.labels, seed=3)
+    assert np.array_equal(val.features, fds.features[held]) and len(pool) + len(val) == len(fds)
+    with pytest.raises(ValueError, match="class 'b' has 1 sample"):
+        validation_indices(np.array([0, 0, 1]), classes=["a", "b"])
+    with pytest.raises(ValueError, match="fraction: expected a share"):
+        validation_indices(labels, 1.0)
+
+
+def test_choice_matches_a_naive_validation():
+    fds = _digits_features()
+    n, m = len(fds), 30  # 3 per class
+    run = dsquant.compress(fds, ratio=m / n, method="validated", seed=4)
+    rec = run.manifest["validated"]
+    held = validation_indices(fds.labels, 1 / 6, 0)
+    rows = np.setdiff1d(np.arange(n), held)
+    pool = dsquant.data.FeatureDataset(fds.features[rows], fds.labels[rows], fds.classes, "pool")
+    expect = {}
+    for name in ("dq-budget", "herding"):
+        accs = []
+        for s in range(5):
+            idx = dsquant.compress(pool, ratio=m / len(rows), method=name, seed=s).indices
+            assert len(idx) == m
+            accs.append(logreg_accuracy(pool.features[idx], pool.labels[idx], fds.features[held], fds.labels[held], seed=s))
+        expect[name] = accs
+    assert rec["accuracy"] == expect and rec["pool"] == len(rows) and rec["validation"] == len(held)
+    # the incumbent (dq-budget) unless herding is more than 1 point ahead
+    gap = 100 * (np.mean(expect["herding"]) - np.mean(expect["dq-budget"]))
+    chosen = "herding" if gap > 1.0 else "dq-budget"
+    assert gap > 1.0  # on these pixels herding is ahead: the switch is exercised
+    assert rec["chosen"] == chosen and rec["validated"] and not rec["cached"] and rec["margin"] == 1.0
+    assert np.array_equal(run.indices, dsquant.compress(fds, ratio=m / n, method=chosen, seed=4).indices)
+    # the choice depends on the embedding and the budget, not the run's seed: cached
+    again = dsquant.compress(fds, ratio=m / n, method="validated", seed=9)
+    assert again.manifest["validated"]["cached"] and again.manifest["validated"]["accuracy"] == rec["accuracy"]
+    # a margin above the gap keeps the incumbent; margin 0 takes the best
+    keep = dsquant.compress(fds, ratio=m / n, method=Validated(margin=gap + 0.5), seed=4)
+    assert keep.manifest["validated"]["chosen"] == "dq-budget" and keep.manifest["validated"]["accuracy"] == rec["accuracy"]
+    assert np.array_equal(keep.indices, dsquant.compress(fds, ratio=m / n, method="dq-budget", seed=4).indices)
+    best = dsquant.compress(fds, ratio=m / n, method=Validated(margin=0, candidates=("herding", "dq-budget")), seed=4)
+    assert best.manifest["validated"]["chosen"] == "herding"
+
+
+def test_large_budgets_take_the_first_candidate_unvalidated():
+    fds = _digits_features()
+    run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50), seed=2)
+    rec = run.manifest["validated"]
+    assert rec["chosen"] == "dq-budget" and not rec["validated"] and "accuracy" not in rec
+    assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.5, method="dq-budget", seed=2).indices)
+    other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50), seed=2)
+    assert np.array_equal(other.indices, herding(fds.features, len(other.indices), fds.labels))
+
+
+def test_images_train_the_model_on_the_pool():
+    from dsquant.cache import Cache
+    from dsquant.embed import ProxyEncoder, embed
+    from dsquant.evaluate import train_and_test
+
+    ds = dsquant.data.load_digits()
+    m = 20  # 2 per class
+    method = Validated(n_seeds=1, candidates=("herding", "random"))
+    run = dsquant.compress(ds, ratio=m / len(ds), method=method, epochs=1, seed=0)
+    rec = run.manifest["validated"]
+    emb, hit = embed(ProxyEncoder(epochs=1, seed=0), ds, Cache())
+    assert hit["cached"]  # the run's embedding, as the run computed it
+    held = validation_indices(ds.labels, 1 / 6, 0)
+    rows = np.setdiff1d(np.arange(len(ds)), held)
+    pool, val = ds.subset(rows), ds.subset(held)
+    idx = herding(emb.features[rows], m, pool.labels)
+    assert rec["accuracy"]["herding"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "lowbudget", seed=0)["accuracy"])]
+    a = rec["accuracy"]
+    assert 0.0 < a["random"][0] < 1.0 and rec["chosen"] == ("random" if a["random"][0] > a["herding"][0] + 0.01 else "herding")
+
+
+def test_bad_parameters_and_data():
+    for bad, match in (
+        (dict(candidates=("dq", "nope")), "candidates: 'nope' is not a method"),
+        (dict(candidates=("adq",)), "candidates: 'adq' trains or reads pixels"),
+        (dict(candidates=()), "candidates: expected distinct"),
+        (dict(candidates=("dq", "dq")), "candidates: expected distinct"),
+        (dict(candidates="dq"), "candidates: expected distinct"),
+        (dict(fraction=0), "fraction: expected a share"),
+        (dict(n_seeds=0), "n_seeds: expected an integer >= 1"),
+        (dict(arch="vgg99"), "arch: expected one of"),
+        (dict(max_per_class=-1), "max_per_class: expected a positive"),
+        (dict(margin=-0.5), "margin: expected points"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Validated(**bad)
+    fds = _digits_features()
+    unlabelled = dsquant.data.FeatureDataset(fds.features, None, [], "pool.npy")
+    with pytest.raises(ValueError, match="pool.npy has no labels"):
+        dsquant.compress(unlabelled, ratio=0.1, method="validated")

@@ -41,8 +41,8 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     code, stdout, _ = run(capsys, "compress", "digits", "--method", "dq", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
     assert code == 0 and "[cached]" in stdout
     assert np.array_equal(read_output(out).indices, res.indices)
-    # without --method: dq-budget, the measured default, on the same bins
-    code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
+    # --method dq-budget: on the same bins
+    code, stdout, _ = run(capsys, "compress", "digits", "--method", "dq-budget", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
     budget = read_output(out)
     assert code == 0 and budget.manifest["method"] == "dq-budget" and "dq-budget" in stdout
     assert all(np.array_equal(a, b) for a, b in zip(budget.bins, res.bins)) and len(budget.indices) == 144
@@ -50,6 +50,17 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     assert rec["embedding"] == "proxy" and rec["order"] == "herding" and rec["drop_last"] and rec["skew"] == 2.0
     code, stdout, _ = run(capsys, "info", out)
     assert code == 0 and "bin" in stdout and "selected per class" in stdout
+    # without --method: validated, the measured default; it chose one of its candidates and
+    # selected what that candidate selects
+    code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
+    auto = read_output(out)
+    rec = auto.manifest["validated"]
+    assert code == 0 and auto.manifest["method"] == "validated" and rec["validated"] and rec["chosen"] in ("dq-budget", "herding")
+    assert len(rec["accuracy"]["herding"]) == 5 and rec["pool"] + rec["validation"] == 1437
+    if rec["chosen"] == "dq-budget":
+        assert np.array_equal(auto.indices, budget.indices)
+    code, stdout, _ = run(capsys, "info", out)
+    assert code == 0 and f"validated: chose {rec['chosen']}" in stdout
 
 
 def test_random_method_and_exports(tmp_path, capsys):

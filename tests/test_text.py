@@ -137,11 +137,14 @@ def test_text_embedding_store_resumes_and_matches_the_encoder(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     out = tmp_path / "store"
-    assert main(["embed", str(path), "--encoder", "sentence", "--out", str(out), "--shard-size", "4", "--dtype", "float32", "--quiet"]) == 0
+    # float32 compute: with bf16 (the auto choice on CPUs with AVX512-BF16 or AMX) a row depends
+    # on the batch it was padded with, at 1e-4
+    flags = ["--encoder", "sentence", "--out", str(out), "--shard-size", "4", "--dtype", "float32", "--precision", "float32", "--quiet"]
+    assert main(["embed", str(path), *flags]) == 0
     (out / "shard-00001.json").unlink()
-    assert main(["embed", str(path), "--encoder", "sentence", "--out", str(out), "--shard-size", "4", "--dtype", "float32", "--quiet"]) == 0
+    assert main(["embed", str(path), *flags]) == 0
     st = open_store(out)
-    want = SentenceEncoder().encode(read_text_records(path)).features
+    want = SentenceEncoder(precision="float32").encode(read_text_records(path)).features
     assert st.features.shape == (10, 384) and np.allclose(np.asarray(st.features), want, atol=1e-5)
     assert st.ids.tolist() == [str(i) for i in range(10)]
 
@@ -172,13 +175,18 @@ def test_token_batching_and_precision_of_the_sentence_encoder(tiny_sentence_mode
 
     texts = ["the cat sat on the mat", "a dog", "the quick brown fox jumps over the lazy dog and then runs far away into the forest",
              "stock prices fell sharply", "cat", "the kitten sat on the rug and the dog sat on the mat"] * 3
-    tok = SentenceEncoder(str(tiny_sentence_model), batch_size=4, sort="tokens", device="cpu")
-    chars = SentenceEncoder(str(tiny_sentence_model), batch_size=4, sort="chars", device="cpu")
+    # float32 named: "auto" is bf16 on CPUs with AVX512-BF16 or AMX (checked below)
+    tok = SentenceEncoder(str(tiny_sentence_model), batch_size=4, sort="tokens", device="cpu", precision="float32")
+    chars = SentenceEncoder(str(tiny_sentence_model), batch_size=4, sort="chars", device="cpu", precision="float32")
     assert tok.token_lengths(["a dog", "cat", texts[2]]).tolist() == [4, 3, 19]  # [CLS] ... [SEP] around 2, 1 and 17 words
     a, b = tok.encode_texts(texts), chars.encode_texts(texts)
     assert next(tok.load(False).parameters()).dtype.is_floating_point and str(next(tok.load(False).parameters()).dtype) == "torch.float32"
     assert np.abs(a - b).max() < 1e-5 and np.allclose(a[:6], a[6:12], atol=1e-6) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
     assert tok.config() == chars.config() and "dtype" not in tok.config()  # float32: the key of earlier caches
+    from dsquant.embed.pretrained import cpu_has_fast_bf16
+
+    auto = SentenceEncoder(str(tiny_sentence_model), device="cpu")
+    assert auto.dtype == ("bfloat16" if cpu_has_fast_bf16() else "float32")
     bf = SentenceEncoder(str(tiny_sentence_model), batch_size=4, precision="bfloat16", device="cpu")
     c = bf.encode_texts(texts)
     assert bf.config()["dtype"] == "bfloat16" and str(next(bf.load(False).parameters()).dtype) == "torch.bfloat16"

@@ -75,7 +75,7 @@ def test_large_budgets_take_the_first_candidate_unvalidated():
     fds = _digits_features()
     run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50), seed=2)
     rec = run.manifest["validated"]
-    assert rec["chosen"] == "dq-budget" and not rec["validated"] and "accuracy" not in rec
+    assert rec["chosen"] == "dq-budget" and not rec["validated"] and "accuracy" not in rec and "max_per_class" in rec["reason"]
     assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.5, method="dq-budget", seed=2).indices)
     other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50), seed=2)
     assert np.array_equal(other.indices, herding(fds.features, len(other.indices), fds.labels))
@@ -117,7 +117,17 @@ def test_bad_parameters_and_data():
     ):
         with pytest.raises(ValueError, match=match):
             Validated(**bad)
+
+
+def test_what_cannot_be_validated_takes_the_first_candidate():
     fds = _digits_features()
     unlabelled = dsquant.data.FeatureDataset(fds.features, None, [], "pool.npy")
-    with pytest.raises(ValueError, match="pool.npy has no labels"):
-        dsquant.compress(unlabelled, ratio=0.1, method="validated")
+    run = dsquant.compress(unlabelled, ratio=0.1, method="validated", seed=1)
+    assert run.manifest["validated"]["reason"].startswith("no labels") and not run.manifest["validated"]["validated"]
+    assert np.array_equal(run.indices, dsquant.compress(unlabelled, ratio=0.1, method="dq-budget", seed=1).indices)
+    # 12 samples per class and 10 bins: the pool (10 per class) still bins, 11 would not
+    small = np.concatenate([np.flatnonzero(fds.labels == c)[:12] for c in range(10)])
+    tiny = dsquant.data.FeatureDataset(fds.features[small], fds.labels[small], fds.classes, "tiny")
+    assert Validated().skip_reason(tiny, 0.1) is None
+    assert "no validation split" in Validated(fraction=0.25).skip_reason(tiny, 0.1)  # 3 held out, 9 < 10 bins
+    assert "max_per_class" in Validated(max_per_class=1).skip_reason(tiny, 0.1)

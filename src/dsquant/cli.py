@@ -98,13 +98,13 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
     the keyword of :func:`dsquant.compress` the flag sets, so the command passes them through
     unchanged (:func:`_cmd_compress`); choices come from the registries."""
     from .embed import ENCODERS
-    from .methods import METHODS, DQBudget
+    from .methods import METHODS, Validated
 
     encoders = "; ".join(f"{n}{':' + c.argument if c.argument else ''} ({'/'.join(c.kinds)}): {c.summary}" for n, c in ENCODERS.items())
     return [
         (("--ratio",), dict(dest="ratio", type=_ratio, default=0.1, help="keep ratio in (0, 1] (default 0.1)")),
         (("--bins",), dict(dest="n_bins", type=_positive_int, default=10, help="number of bins K (default 10)")),
-        (("--method",), dict(dest="method", choices=list(METHODS), default=DQBudget.name, help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()) + f" (default {DQBudget.name}: measured best, docs/selection.md; dq and adq are the papers' methods, unchanged)")),
+        (("--method",), dict(dest="method", choices=list(METHODS), default=Validated.name, help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()) + f" (default {Validated.name}: measured best across datasets, docs/selection.md; dq and adq are the papers' methods, unchanged)")),
         (("--encoder",), dict(dest="encoder", help=f"default: proxy for images, sentence for text, the features themselves for feature data. {encoders}")),
         (("--max-tokens",), dict(dest="text_max_tokens", type=_positive_int, help="text: truncate every text to this many tokens (default: the model's, 256 for all-MiniLM-L6-v2); fewer is faster on long records")),
         (("--encoder-precision",), dict(dest="encoder_precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="compute dtype of the sentence and hf: encoders. auto (default): bf16 on CPUs with AMX/AVX512-BF16 (2.7x float32 for text, the embedding kept), mixed precision for hf: models on CUDA, float32 otherwise")),

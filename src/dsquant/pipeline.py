@@ -17,7 +17,7 @@ from . import __version__
 from .cache import Cache
 from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
-from .methods import DQBudget, Context, SelectionMethod, make_method
+from .methods import Context, SelectionMethod, Validated, make_method
 from .methods.base import check_int
 from .data import DataError, TextDataset, detect_format, read_dataset
 
@@ -286,7 +286,7 @@ def compress(
     data,
     ratio: float = 0.1,
     n_bins: int = 10,
-    method: str | SelectionMethod = DQBudget.name,
+    method: str | SelectionMethod = Validated.name,
     encoder: str | None = None,
     seed: int = 0,
     epochs: int = 5,
@@ -340,9 +340,10 @@ def compress(
             ``ADQ(...)``, ``Random()`` or a registered one), or its registry name (``"dq"``,
             ``"adq"``, ``"random"``, ...), built with the shorthand options below (``n_bins``,
             ``alpha``, ``diversity_encoder``, ``representativeness``, ``simclr_options``,
-            ``precision``, ``block_size``) that its constructor takes. Default ``"dq-budget"``
-            (:class:`~dsquant.methods.DQBudget`: measured best, docs/selection.md; DQ itself at
-            100 samples per class and more).
+            ``precision``, ``block_size``, ``candidates``) that its constructor takes. Default
+            ``"validated"`` (:class:`~dsquant.methods.Validated`: ``dq-budget`` or ``herding``,
+            whichever trains better on a validation split of the training set; measured best
+            across datasets, docs/selection.md; DQ itself from 500 samples per class).
         encoder: an encoder object (:class:`dsquant.embed.Encoder`, e.g.
             ``ProxyEncoder(epochs=5)``; a fitted one is used as it is, not trained again), or a
             name of :data:`dsquant.embed.ENCODERS`: for images ``"proxy"`` (default: a small

@@ -7,8 +7,8 @@ dataset favours was not predictable from a rule frozen on other datasets. ``Vali
 data: it holds out a class-balanced slice of the training set (1/6 by default, seed 0), runs
 every candidate method on the rest (the *pool*) at the run's per-class budget, trains a small
 model on each candidate's pool selection and tests it on the held-out slice, and then runs the
-candidate with the best mean validation accuracy on the whole training set. Nothing of a test
-split is read. The choice, every validation accuracy and the time spent are in the manifest.
+first candidate on the whole training set unless another one was more than a margin better.
+Nothing of a test split is read. The choice, every validation accuracy and the time spent are in the manifest.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ VERSION = 1  # of the validation protocol: cached choices of another version are
 
 
 class _PoolContext(Context):
-    """The run's context restricted to the pool: the same encoder, the rows of the run's
-    embedding that belong to the pool (nothing is embedded or trained again)."""
+    """The run's context restricted to the pool: the same encoder, ``emb`` the rows of the
+    run's embedding that belong to the pool (nothing is embedded or trained again)."""
 
-    def __init__(self, ctx: Context, pool, rows: np.ndarray, ratio: float, seed: int) -> None:
-        from ..embed.base import Embedding
-
-        full = ctx.embedding()
-        emb = Embedding(full.features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+    def __init__(self, ctx: Context, pool, emb, ratio: float, seed: int) -> None:
         super().__init__(pool, ratio, seed, make_encoder=lambda: ctx.encoder, embed=lambda *a, **k: (emb, dict(ctx.embedding_record)), cache=None, device=ctx.device, progress=False, proxy_seed=ctx.proxy_seed, generate_bins=ctx.generate_bins)
 
 
@@ -55,8 +51,10 @@ class Validated(SelectionMethod):
        training set with the run's seed, unless the best of the others has a mean validation
        accuracy more than ``margin`` points above the incumbent's: then that one does.
 
-    At ``max_per_class`` or more per class nothing is trained and the first candidate is used
-    (the pruning regime, where training is costly and ``dq-budget`` is DQ). The choice depends
+    The first candidate is used unvalidated (:meth:`skip_reason`, recorded in the manifest) at
+    ``max_per_class`` or more per class (the pruning regime, where training is costly and
+    ``dq-budget`` is DQ), on unlabelled data, on streamed images and where classes are too small
+    to hold a split out. The choice depends
     on the embedding and the budget only, so it is cached with them (``kind`` ``validation``):
     a benchmark's seeds validate once.
 
@@ -75,13 +73,15 @@ class Validated(SelectionMethod):
         n_bins, precision, block_size: passed to the candidates that take them.
 
     Raises:
-        ValueError: naming the parameter, on a bad value; from :meth:`check`, on an unlabelled
-            dataset or a class too small to split.
+        ValueError: naming the parameter, on a bad value; from :meth:`check`, what the
+            candidates' checks raise on the whole dataset (e.g. fewer samples than bins).
     """
 
     name = "validated"
-    summary = "the best of dq-budget and herding on a validation split of the training set, per dataset and budget (dsquant)"
-    needs_pixels = True  # on images: trains on the pool's pixels
+    summary = "dq-budget, or herding where it trains better on a validation split of the training set, per dataset and budget (dsquant)"
+    # on images in memory it trains on the pool's pixels; streamed images and unlabelled data
+    # take the first candidate unvalidated (skip_reason), so it runs wherever that one does
+    needs_pixels = False
 
     def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
         from . import METHODS, make_method
@@ -129,13 +129,32 @@ class Validated(SelectionMethod):
         }
 
     def check(self, dataset) -> None:
-        if getattr(dataset, "labels", None) is None:
-            raise ValueError(f"method: 'validated' holds out a class-balanced validation split; {dataset.source} has no labels (use dq-budget or herding)")
-        held = validation_indices(dataset.labels, self.fraction, self.split_seed)
-        pool = _subset(dataset, np.setdiff1d(np.arange(len(dataset)), held))
         for m in self._methods:
             m.check(dataset)
-            m.check(pool)
+
+    def skip_reason(self, dataset, ratio: float) -> str | None:
+        """Why the run cannot (or need not) be validated, or None: no labels, streamed images
+        (the validation model trains in memory), a per-class budget at or above
+        ``max_per_class``, or classes too small to hold out a split that the candidates can
+        still bin. The first candidate is then used as it is."""
+        if getattr(dataset, "labels", None) is None:
+            return "no labels: nothing to validate against"
+        if getattr(dataset, "streamed", False):
+            return "streamed images: the validation model trains on images in memory"
+        per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
+        if per_class >= self.max_per_class:
+            return f"{per_class:.4g} per class, at or above max_per_class {self.max_per_class:g}"
+        try:
+            held = validation_indices(dataset.labels, self.fraction, self.split_seed, dataset.classes)
+            rows = np.setdiff1d(np.arange(len(dataset)), held)
+            pool = _subset(dataset, rows)
+            for m in self._methods:
+                m.check(pool)
+        except ValueError as exc:
+            return f"no validation split: {exc}"
+        if budget(ratio, len(dataset)) > len(rows):
+            return f"{per_class:.4g} per class does not fit the validation pool ({len(rows)} samples)"
+        return None
 
     def validate(self, ctx: Context) -> dict:
         """Every candidate's validation accuracies at the run's per-class budget:
@@ -151,7 +170,11 @@ class Validated(SelectionMethod):
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio: {per_class:g} per class does not fit the validation pool ({len(rows)} samples); use a smaller ratio or method dq-budget")
         images = getattr(ctx.dataset, "kind", "") == "images"
-        features = None if images else np.asarray(ctx.embedding().features)
+        from ..embed.base import Embedding
+
+        full = ctx.embedding()
+        features = np.asarray(full.features)
+        pool_emb = Embedding(features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
         t = time.perf_counter()
         bar = None
         if ctx.progress:
@@ -164,7 +187,7 @@ class Validated(SelectionMethod):
             for method in self._methods:
                 acc[method.name] = []
                 for s in range(self.n_seeds):
-                    idx = method.select(_PoolContext(ctx, pool, rows, ratio, s)).indices
+                    idx = method.select(_PoolContext(ctx, pool, pool_emb, ratio, s)).indices
                     if images:
                         from ..evaluate import train_and_test
 
@@ -174,7 +197,7 @@ class Validated(SelectionMethod):
                     else:
                         from ..evaluate.text import logreg_accuracy
 
-                        a = logreg_accuracy(features[rows][idx], pool.labels[idx], features[held], val.labels, seed=s)
+                        a = logreg_accuracy(pool_emb.features[idx], pool.labels[idx], features[held], val.labels, seed=s)
                     last = idx
                     acc[method.name].append(float(a))
                     if bar is not None:
@@ -192,9 +215,9 @@ class Validated(SelectionMethod):
         from ..cache import Cache, hash_key
 
         n = len(ctx.dataset)
-        per_class = budget(ctx.ratio, n) / len(np.unique(ctx.labels))
-        if per_class >= self.max_per_class:
-            result = {"chosen": self.candidates[0], "per_class": round(per_class, 3), "validated": False}
+        reason = self.skip_reason(ctx.dataset, ctx.ratio)
+        if reason is not None:
+            result = {"chosen": self.candidates[0], "validated": False, "reason": reason}
         else:
             ctx.embedding()
             key = ctx.embedding_record.get("key")
@@ -219,7 +242,7 @@ class Validated(SelectionMethod):
         if not r:
             return []
         if not r.get("validated"):
-            return ["", f"  validated: {r['chosen']} ({r['per_class']} per class: at or above max_per_class, not validated)"]
+            return ["", f"  validated: {r['chosen']}, not validated ({r.get('reason', 'at or above max_per_class')})"]
         means = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["mean"].items())
         return ["", f"  validated: chose {r['chosen']} ({r['per_class']} per class; validation accuracy, mean of {len(next(iter(r['accuracy'].values())))} runs: {means}; pool {r['pool']}, held out {r['validation']})"]
 

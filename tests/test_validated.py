@@ -76,6 +76,8 @@ def test_large_budgets_take_the_first_candidate_unvalidated():
     run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50), seed=2)
     rec = run.manifest["validated"]
     assert rec["chosen"] == "dq-budget" and not rec["validated"] and "accuracy" not in rec and "max_per_class" in rec["reason"]
+    lines = Validated.report(run.manifest)  # `dsquant info`: the reason, then the chosen method's own lines
+    assert "not validated" in lines[1] and any(line.startswith("  dq-budget: skew 0") for line in lines)
     assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.5, method="dq-budget", seed=2).indices)
     other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50), seed=2)
     assert np.array_equal(other.indices, herding(fds.features, len(other.indices), fds.labels))

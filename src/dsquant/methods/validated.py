@@ -241,10 +241,17 @@ class Validated(SelectionMethod):
         r = manifest.get(cls.name)
         if not r:
             return []
+        from . import METHODS
+
         if not r.get("validated"):
-            return ["", f"  validated: {r['chosen']}, not validated ({r.get('reason', 'at or above max_per_class')})"]
-        means = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["mean"].items())
-        return ["", f"  validated: chose {r['chosen']} ({r['per_class']} per class; validation accuracy, mean of {len(next(iter(r['accuracy'].values())))} runs: {means}; pool {r['pool']}, held out {r['validation']})"]
+            lines = ["", f"  validated: {r['chosen']}, not validated ({r.get('reason', 'at or above max_per_class')})"]
+        else:
+            means = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["mean"].items())
+            lines = ["", f"  validated: chose {r['chosen']} ({r['per_class']} per class; validation accuracy, mean of {len(next(iter(r['accuracy'].values())))} runs: {means}; pool {r['pool']}, held out {r['validation']})"]
+        chosen = METHODS.get(r["chosen"])
+        if chosen is not None and r.get("record"):  # the chosen method's own lines (dq-budget: its settings)
+            lines += chosen.report({chosen.name: r["record"]})
+        return lines
 
 
 class _Rows:

@@ -94,6 +94,33 @@ def test_benchmark_grid_resumes_and_reports(tmp_path, monkeypatch):
     assert sel == 2 * 2
 
 
+def test_benchmark_proxy_seed_per_seed(tmp_path, monkeypatch):
+    """--proxy-seed seed: every seed's selection comes from its own proxy (compress gets
+    proxy_seed = seed), and those rows are keyed apart from the one-proxy rows."""
+    import dsquant.pipeline as pipeline
+    from dsquant.cli import main
+
+    calls = []
+    real = pipeline.compress
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["method"], kwargs["seed"], kwargs["proxy_seed"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "compress", spy)
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    grid = Grid(["digits"], ["random", "dq"], [0.1], ["logreg"], [0, 1, 2], "tiny", {"n_bins": 3, "epochs": 1, "proxy_seed": "seed"})
+    db = run_grid(grid, tmp_path / "a", progress=False, log=lambda *a: None)
+    assert sorted(c for c in calls if c[0] == "dq") == [("dq", 0, 0), ("dq", 1, 1), ("dq", 2, 2)]
+    options = {r[0] for r in sqlite3.connect(db).execute("SELECT options FROM results WHERE method='dq'")}
+    assert len(options) == 1 and '"proxy_seed": "seed"' in options.pop()
+    calls.clear()
+    run_grid(Grid(["digits"], ["dq"], [0.1], ["logreg"], [0, 1, 2], "tiny", {"n_bins": 3, "epochs": 1}), tmp_path / "b", progress=False, log=lambda *a: None)
+    assert sorted(calls) == [("dq", 0, 0), ("dq", 1, 0), ("dq", 2, 0)]  # the default: one proxy
+    assert main(["benchmark", "--data", "digits", "--proxy-seed", "every", "--out", str(tmp_path / "c")]) != 0
+    assert not (tmp_path / "c").exists()
+
+
 def test_validation_split_and_per_class_budgets(tmp_path, monkeypatch):
     """The low-budget protocols: budgets in samples per class become keep ratios per dataset;
     a validation split carved from the training set, class-balanced, disjoint, seeded."""

@@ -286,10 +286,21 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--embedding", choices=["gradient", "features"], default="gradient")
     p.add_argument("--alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), help="ADQ alpha (default: compress's)")
     p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], help="ADQ diversity encoder (default: compress's)")
+    p.add_argument("--proxy-seed", dest="proxy_seed", type=_proxy_seed, help="seed of the proxy (and of the other encoders trained on the data): N, or 'seed' for a new proxy per seed, so that the paired intervals include the proxy run's variance (default 0: one proxy for every seed)")
     p.add_argument("--title", default="", help="title of the report and plot")
     p.add_argument("--import", dest="import_csv", nargs="+", metavar="CSV", help="first add the trainings of these results.csv files (from other runs) to OUT's database: their cells are not run again and the reports include them")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _proxy_seed(text: str):
+    """``--proxy-seed``: ``"seed"`` (a proxy per seed) or a seed in [0, 2**32)."""
+    if text == "seed":
+        return "seed"
+    try:
+        return _seed(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'seed' (a proxy per seed) or an integer seed in [0, 2**32), got {text!r}") from None
 
 
 def _cmd_evaluate(args) -> int:
@@ -324,6 +335,8 @@ def _cmd_benchmark(args) -> int:
         opts["alpha"] = args.alpha
     if args.diversity_encoder is not None:
         opts["diversity_encoder"] = args.diversity_encoder
+    if args.proxy_seed is not None:  # keyed apart from the one-proxy rows (which carry no proxy_seed)
+        opts["proxy_seed"] = args.proxy_seed
     seeds = args.seeds if args.seeds is not None else list(range(args.n_seeds))
     ratios = args.ratios if args.ratios is not None else ([] if args.per_class else [0.01, 0.05, 0.1, 0.2])
     grid = Grid(args.data, args.methods, ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class)

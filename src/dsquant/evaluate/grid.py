@@ -165,6 +165,8 @@ def _selection(con, grid: Grid, dataset: str, fingerprint: str, train, method: s
 
         opts = dict(grid.compress_options)
         seed_proxy = opts.pop("proxy_seed", 0)
+        if seed_proxy == "seed":  # a proxy per seed: the paired intervals include its variance
+            seed_proxy = seed
         if not _uses_options(method):
             opts = {}
         res = compress(train, ratio=ratio, method=method, seed=seed, proxy_seed=seed_proxy, cache_dir=cache_dir, **opts)

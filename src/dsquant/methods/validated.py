@@ -147,7 +147,7 @@ class Validated(SelectionMethod):
         try:
             held = validation_indices(dataset.labels, self.fraction, self.split_seed, dataset.classes)
             rows = np.setdiff1d(np.arange(len(dataset)), held)
-            pool = _subset(dataset, rows)
+            pool = _Rows(dataset, rows)  # the checks read labels and sizes: no copy of the images
             for m in self._methods:
                 m.check(pool)
         except ValueError as exc:

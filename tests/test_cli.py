@@ -61,6 +61,13 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
         assert np.array_equal(auto.indices, budget.indices)
     code, stdout, _ = run(capsys, "info", out)
     assert code == 0 and f"validated: chose {rec['chosen']}" in stdout
+    assert list(auto.manifest["parameters"]["method"]["pruning_candidates"]) == ["dq-budget", "el2n", "ccs"]
+    # --pruning-candidates: the pruning regime's candidates, the incumbent first (here under
+    # 500 per class, so only recorded)
+    code, _, _ = run(capsys, "compress", "digits", "--epochs", "1", "--pruning-candidates", "dq", "forgetting", "--out", out, "--overwrite", "--quiet")
+    assert code == 0 and list(read_output(out).manifest["parameters"]["method"]["pruning_candidates"]) == ["dq", "forgetting"]
+    code, _, stderr = run(capsys, "compress", "digits", "--epochs", "1", "--pruning-candidates", "adq", "--out", out, "--overwrite", "--quiet")
+    assert code != 0 and "adq" in stderr
 
 
 def test_random_method_and_exports(tmp_path, capsys):

@@ -71,15 +71,15 @@ def test_choice_matches_a_naive_validation():
     assert best.manifest["validated"]["chosen"] == "herding"
 
 
-def test_large_budgets_take_the_first_candidate_unvalidated():
+def test_large_budgets_without_pruning_candidates_take_the_first_candidate_unvalidated():
     fds = _digits_features()
-    run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50), seed=2)
+    run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50, pruning_candidates=()), seed=2)
     rec = run.manifest["validated"]
     assert rec["chosen"] == "dq-budget" and not rec["validated"] and "accuracy" not in rec and "max_per_class" in rec["reason"]
     lines = Validated.report(run.manifest)  # `dsquant info`: the reason, then the chosen method's own lines
     assert "not validated" in lines[1] and any(line.startswith("  dq-budget: skew 0") for line in lines)
     assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.5, method="dq-budget", seed=2).indices)
-    other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50), seed=2)
+    other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50, pruning_candidates=()), seed=2)
     assert np.array_equal(other.indices, herding(fds.features, len(other.indices), fds.labels))
 
 
@@ -116,6 +116,9 @@ def test_bad_parameters_and_data():
         (dict(arch="vgg99"), "arch: expected one of"),
         (dict(max_per_class=-1), "max_per_class: expected a positive"),
         (dict(margin=-0.5), "margin: expected points"),
+        (dict(pruning_candidates=("dq", "adq")), "pruning_candidates: 'adq' trains or reads pixels itself; validated takes embedding methods .* and the training-dynamics"),
+        (dict(candidates=("dq", "el2n")), "candidates: 'el2n' trains or reads pixels"),
+        (dict(pruning_preset="slow"), "pruning_preset: expected one of"),
     ):
         with pytest.raises(ValueError, match=match):
             Validated(**bad)
@@ -132,4 +135,86 @@ def test_what_cannot_be_validated_takes_the_first_candidate():
     tiny = dsquant.data.FeatureDataset(fds.features[small], fds.labels[small], fds.classes, "tiny")
     assert Validated().skip_reason(tiny, 0.1) is None
     assert "no validation split" in Validated(fraction=0.25).skip_reason(tiny, 0.1)  # 3 held out, 9 < 10 bins
-    assert "max_per_class" in Validated(max_per_class=1).skip_reason(tiny, 0.1)
+    assert "max_per_class" in Validated(max_per_class=1, pruning_candidates=()).skip_reason(tiny, 0.1)
+    assert Validated(max_per_class=1).skip_reason(tiny, 0.1) is None  # the pruning candidates are validated
+
+
+def test_pruning_regime_matches_a_naive_validation(tmp_path):
+    """At max_per_class or more per class: the pruning candidates (dq-budget, EL2N, CCS), the
+    dynamics of the whole set restricted to the pool, and the paired rule."""
+    from scipy import stats
+
+    from dsquant.cache import Cache
+    from dsquant.core import baselines as B
+    from dsquant.embed import IdentityEncoder, embed
+    from dsquant.methods import Context
+    from dsquant.methods.dynamics import training_dynamics
+
+    fds = _digits_features()
+    n, ratio = len(fds), 0.8  # 144 per class: the pruning regime at max_per_class 50
+    method = Validated(max_per_class=50)
+    run = dsquant.compress(fds, ratio=ratio, method=method, seed=3, cache_dir=tmp_path)
+    rec = run.manifest["validated"]
+    held = validation_indices(fds.labels, 1 / 6, 0)
+    rows = np.setdiff1d(np.arange(n), held)
+    pool = dsquant.data.FeatureDataset(fds.features[rows], fds.labels[rows], fds.classes, "pool")
+    r = ratio  # pruning: the run's keep ratio of the pool
+    m = round(r * len(rows))
+    dyn = training_dynamics(Context(fds, ratio, 3, make_encoder=IdentityEncoder, embed=embed, cache=Cache(tmp_path / "ref")), 5, 2)
+    el2n = B.el2n_scores(dyn["probs"][:, rows], pool.labels)  # scored on the whole set, read on the pool
+    pick = {
+        "dq-budget": lambda s: dsquant.compress(pool, ratio=r, method="dq-budget", seed=s).indices,
+        "el2n": lambda s: B.select_by_score(el2n, r, pool.labels, largest=True),
+        "ccs": lambda s: B.ccs_sample(el2n, r, None, n_strata=50, cutoff=min(0.1, 1 - r), seed=s),
+    }
+    acc = {}
+    for name, f in pick.items():
+        acc[name] = []
+        for s in range(5):
+            idx = f(s)
+            assert len(idx) == m
+            acc[name].append(logreg_accuracy(pool.features[idx], pool.labels[idx], fds.features[held], fds.labels[held], seed=s))
+    assert rec["accuracy"] == acc and rec["regime"] == "pruning" and rec["preset"] == "pruning"
+    # the paired rule: a rival replaces dq-budget only when its 95 % t interval of the gain is above 0
+    low = {}
+    for k in ("el2n", "ccs"):
+        d = np.subtract(acc[k], acc["dq-budget"])
+        low[k] = d.mean() - stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+        assert rec["gain"][k][1] == pytest.approx(low[k])
+    proven = [k for k in ("el2n", "ccs") if low[k] > 0]
+    assert proven == ["el2n"]  # on these pixels EL2N is ahead at 80 % and CCS is not: the switch is exercised
+    assert rec["chosen"] == "el2n"
+    assert np.array_equal(run.indices, dsquant.compress(fds, ratio=ratio, method="el2n", seed=3, cache_dir=tmp_path).indices)
+    # the dynamics train with the run's proxy_seed (here its seed): another one validates again
+    assert dsquant.compress(fds, ratio=ratio, method=method, seed=3, cache_dir=tmp_path).manifest["validated"]["cached"]
+    assert not dsquant.compress(fds, ratio=ratio, method=method, seed=4, cache_dir=tmp_path).manifest["validated"]["cached"]
+    lines = Validated.report(run.manifest)
+    assert "pruning regime" in lines[1] and any(line.strip().startswith("el2n minus dq-budget: +") for line in lines)
+    # one seed has no interval: the incumbent stays; no pruning candidates: unvalidated
+    one = dsquant.compress(fds, ratio=ratio, method=Validated(max_per_class=50, n_seeds=1), seed=3, cache_dir=tmp_path).manifest["validated"]
+    assert one["chosen"] == "dq-budget" and one["gain"]["el2n"][1] is None and one["gain"]["el2n"][0] > 0
+    off = dsquant.compress(fds, ratio=ratio, method=Validated(max_per_class=50, pruning_candidates=()), seed=3).manifest["validated"]
+    assert not off["validated"] and "no pruning_candidates" in off["reason"]
+
+
+def test_pruning_regime_on_images_trains_the_pruning_preset_on_the_pool():
+    from dsquant.cache import Cache
+    from dsquant.core import baselines as B
+    from dsquant.embed import ProxyEncoder, embed
+    from dsquant.evaluate import train_and_test
+    from dsquant.methods import Context
+    from dsquant.methods.dynamics import training_dynamics
+
+    ds = dsquant.data.load_digits()
+    method = Validated(max_per_class=50, n_seeds=1, pruning_candidates=("dq-budget", "el2n"))
+    run = dsquant.compress(ds, ratio=0.8, method=method, epochs=1, seed=0)
+    rec = run.manifest["validated"]
+    held = validation_indices(ds.labels, 1 / 6, 0)
+    rows = np.setdiff1d(np.arange(len(ds)), held)
+    pool, val = ds.subset(rows), ds.subset(held)
+    ctx = Context(ds, 0.8, 0, make_encoder=lambda: ProxyEncoder(epochs=1, seed=0), embed=embed, cache=Cache())
+    dyn = training_dynamics(ctx, 5, 2)
+    assert all(r["cached"] for r in dyn["runs"])  # the run's dynamics, of the whole set
+    idx = B.select_by_score(B.el2n_scores(dyn["probs"][:, rows], pool.labels), 0.8, pool.labels, largest=True)
+    assert rec["accuracy"]["el2n"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "pruning", seed=0)["accuracy"])]
+    assert rec["preset"] == "pruning" and rec["chosen"] == "dq-budget"  # one seed: no interval, the incumbent stays

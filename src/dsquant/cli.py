@@ -98,7 +98,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
     the keyword of :func:`dsquant.compress` the flag sets, so the command passes them through
     unchanged (:func:`_cmd_compress`); choices come from the registries."""
     from .embed import ENCODERS
-    from .methods import METHODS, Validated
+    from .methods import DYNAMICS_METHODS, METHODS, Validated
 
     encoders = "; ".join(f"{n}{':' + c.argument if c.argument else ''} ({'/'.join(c.kinds)}): {c.summary}" for n, c in ENCODERS.items())
     return [
@@ -119,6 +119,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--alpha",), dict(dest="alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")),
         (("--diversity-encoder",), dict(dest="diversity_encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")),
         (("--candidates",), dict(dest="candidates", nargs="+", choices=[m for m, c in METHODS.items() if not c.needs_pixels and m != "validated"], metavar="METHOD", help="validated: the methods it chooses between on a validation split of the training set (default dq-budget herding)")),
+        (("--pruning-candidates",), dict(dest="pruning_candidates", nargs="*", choices=[m for m, c in METHODS.items() if (not c.needs_pixels or c in DYNAMICS_METHODS) and m != "validated"], metavar="METHOD", help="validated, from 500 samples per class (pruning): the methods it chooses between, the incumbent first (default dq-budget el2n ccs; none: dq-budget unvalidated)")),
         (("--rep",), dict(dest="representativeness", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")),
         (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
         (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),

@@ -309,6 +309,7 @@ def compress(
     representativeness=None,
     simclr_options: dict | None = None,
     candidates: list[str] | tuple[str, ...] | None = None,
+    pruning_candidates: list[str] | tuple[str, ...] | None = None,
     drop_ratio: float | None = None,
     patch: int | None = None,
     reconstructor: str = "inpaint",
@@ -375,6 +376,8 @@ def compress(
         simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
         candidates: the ``validated`` method's candidates (registered names; default
             ``dq-budget`` and ``herding``).
+        pruning_candidates: its candidates from 500 samples per class, the incumbent first
+            (default ``dq-budget``, ``el2n``, ``ccs``; empty: ``dq-budget`` unvalidated there).
         drop_ratio: pixel quantization: drop this fraction theta of every selected image's
             patches (least important by Grad-CAM++ of the proxy) and store only the kept ones
             in ``out/patches.dsqp``; None keeps whole images. On a streamed dataset it needs an
@@ -443,7 +446,7 @@ def compress(
         from .distributed import _ray
 
         _ray()  # not installed: say so before any work
-    selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size, **({"candidates": tuple(candidates)} if candidates is not None else {}))
+    selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size, **({"candidates": tuple(candidates)} if candidates is not None else {}), **({"pruning_candidates": tuple(pruning_candidates)} if pruning_candidates is not None else {}))
     if drop_ratio is not None:
         from .pixels import n_kept
 

@@ -16,7 +16,7 @@
 | ``forgetting`` | :class:`Forgetting` | forgetting events in training (Toneva et al. 2019) |
 | ``least-confidence``, ``entropy``, ``margin`` | :class:`LeastConfidence`, ... | uncertainty of the trained proxy |
 | ``ccs`` | :class:`CCS` | coverage-centric stratified sampling, hardest cut (Zheng et al. 2023) |
-| ``validated`` | :class:`Validated` | the best of dq-budget and herding on a validation split (dsquant) |
+| ``validated`` | :class:`Validated` | the best of its candidates on a validation split (dsquant) |
 
 The CLI's ``--method`` choices, the benchmark grid and ``dsquant info`` read :data:`METHODS`;
 a method added with :func:`register_method` is available to all of them.
@@ -33,7 +33,7 @@ from .dq import ADQ, DQ, Random
 from .dynamics import CCS, DYNAMICS_METHODS, EL2N, Entropy, Forgetting, GraNd, LeastConfidence, Margin
 from .validated import Validated
 
-__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "Validated", "check_int", "check_unit", "make_method", "register_method"]
+__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "DYNAMICS_METHODS", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "Validated", "check_int", "check_unit", "make_method", "register_method"]
 
 METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Validated, Random, KCenterGreedy, Herding, FacilityLocation, ModerateDS, Prototypes, *DYNAMICS_METHODS)}
 """Every selection method by name, in the order reports list them after ``random``."""

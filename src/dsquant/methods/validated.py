@@ -22,7 +22,8 @@ from .base import Context, Selection, SelectionMethod, check_int
 
 __all__ = ["Validated"]
 
-VERSION = 1  # of the validation protocol: cached choices of another version are not reused
+VERSION = 2  # of the validation protocol: cached choices of another version are not reused
+# (2: the pruning regime is validated too, with its own candidates and the paired rule)
 
 
 class _PoolContext(Context):
@@ -41,8 +42,9 @@ class Validated(SelectionMethod):
 
     1. a class-balanced ``fraction`` of every class is held out (``validation_indices``, seed
        ``split_seed``); the rest is the pool;
-    2. every candidate selects m per class from the pool, on the pool's rows of the run's
-       embedding (the encoder is not trained again);
+    2. every candidate selects m per class from the pool (in the pruning regime, below: the
+       run's keep ratio of the pool), on the pool's rows of the run's embedding (the encoder is
+       not trained again);
     3. on images, a model ``arch`` of the benchmark's ``preset`` trains on each selection, one
        run per seed 0 .. ``n_seeds`` - 1, and is tested on the held-out slice
        (:func:`dsquant.evaluate.train_and_test`); on text and given features, a logistic
@@ -51,10 +53,21 @@ class Validated(SelectionMethod):
        training set with the run's seed, unless the best of the others has a mean validation
        accuracy more than ``margin`` points above the incumbent's: then that one does.
 
-    The first candidate is used unvalidated (:meth:`skip_reason`, recorded in the manifest) at
-    ``max_per_class`` or more per class (the pruning regime, where training is costly and
-    ``dq-budget`` is DQ), on unlabelled data, on streamed images and where classes are too small
-    to hold a split out. The choice depends
+    **The pruning regime** (``max_per_class`` or more per class) has its own candidates,
+    ``pruning_candidates`` (default ``dq-budget``, which is DQ there, then ``el2n`` and ``ccs``:
+    the hard-first scores that beat random at large keep ratios, docs/evaluation.md), its own
+    training preset ``pruning_preset`` and its own rule: a rival replaces the incumbent only
+    when its paired gain (the same training seed, rival minus incumbent, over the ``n_seeds``
+    trainings) has a 95 % t interval above zero; of several such rivals the one with the
+    highest mean. Differences there are tenths of a point, under any fixed margin, so the rule
+    asks for evidence instead; with one seed there is no interval and the incumbent stays. The
+    training-dynamics candidates score the whole training set once (:meth:`dynamics
+    <dsquant.methods.dynamics.EL2N.dynamics>`, cached) and select from the pool on the pool's
+    rows of those scores, as the embedding candidates do on the pool's rows of the embedding.
+
+    The first candidate is used unvalidated (:meth:`skip_reason`, recorded in the manifest) on
+    unlabelled data, on streamed images, where classes are too small to hold a split out, and
+    in the pruning regime when ``pruning_candidates`` is empty. The choice depends
     on the embedding and the budget only, so it is cached with them (``kind`` ``validation``):
     a benchmark's seeds validate once.
 
@@ -69,7 +82,12 @@ class Validated(SelectionMethod):
         fraction: share of every class held out, in (0, 1).
         split_seed: seed of the held-out slice.
         arch, preset: the model and training preset of step 3 (images).
-        max_per_class: per-class budget from which the first candidate is used unvalidated.
+        max_per_class: per-class budget from which the pruning regime's candidates, preset and
+            rule apply.
+        pruning_candidates: registered names, the incumbent first; embedding methods and the
+            training-dynamics scores (``el2n``, ``ccs``, ...). Empty: the pruning regime takes
+            the first of ``candidates`` unvalidated (version 1's behaviour).
+        pruning_preset: the training preset of step 3 in the pruning regime (images).
         n_bins, precision, block_size: passed to the candidates that take them.
 
     Raises:
@@ -78,22 +96,17 @@ class Validated(SelectionMethod):
     """
 
     name = "validated"
-    summary = "dq-budget, or herding where it trains better on a validation split of the training set, per dataset and budget (dsquant)"
-    # on images in memory it trains on the pool's pixels; streamed images and unlabelled data
-    # take the first candidate unvalidated (skip_reason), so it runs wherever that one does
+    summary = "dq-budget, or a candidate that trains better on a validation split of the training set (herding at small budgets; EL2N, CCS when pruning), per dataset and budget (dsquant)"
+    # on images in memory it trains on the pool's pixels (and, pruning, the dynamics on the whole
+    # set's); streamed images and unlabelled data take the first candidate unvalidated
+    # (skip_reason), so it runs wherever that one does
     needs_pixels = False
 
-    def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
-        from . import METHODS, make_method
+    def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
+        from . import make_method
 
-        if isinstance(candidates, str) or not candidates or len(set(candidates)) != len(candidates):
-            raise ValueError(f"candidates: expected distinct method names, at least one, got {candidates!r}")
-        for c in candidates:
-            if c not in METHODS or c == self.name:
-                raise ValueError(f"candidates: {c!r} is not a method to validate; expected names from {', '.join(m for m in METHODS if m != self.name)}")
-            if METHODS[c].needs_pixels:
-                raise ValueError(f"candidates: {c!r} trains or reads pixels itself; validated takes embedding methods (dq, dq-budget, herding, ...)")
-        self.candidates = tuple(candidates)
+        self.candidates = _check_candidates("candidates", candidates, self.name, dynamics=False)
+        self.pruning_candidates = _check_candidates("pruning_candidates", pruning_candidates, self.name, dynamics=True) if len(pruning_candidates) else ()
         self.n_seeds = check_int("n_seeds", n_seeds)
         try:
             ok = 0.0 < float(fraction) < 1.0
@@ -111,93 +124,122 @@ class Validated(SelectionMethod):
 
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch: expected one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-        if preset not in PRESETS:
-            raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
-        self.arch, self.preset = arch, preset
+        for what, p in (("preset", preset), ("pruning_preset", pruning_preset)):
+            if p not in PRESETS:
+                raise ValueError(f"{what}: expected one of {', '.join(PRESETS)}, got {p!r}")
+        self.arch, self.preset, self.pruning_preset = arch, preset, pruning_preset
         if isinstance(max_per_class, bool) or not (isinstance(max_per_class, (int, float)) and max_per_class > 0):
             raise ValueError(f"max_per_class: expected a positive number, got {max_per_class!r}")
         self.max_per_class = float(max_per_class)
         self.n_bins = check_int("bins", n_bins)
-        self._methods = [make_method(c, n_bins=n_bins, precision=precision, block_size=block_size) for c in self.candidates]
+        opts = {"n_bins": n_bins, "precision": precision, "block_size": block_size}
+        self._methods = [make_method(c, **opts) for c in self.candidates]
+        self._pruning = [make_method(c, **opts) for c in self.pruning_candidates]
 
     def config(self) -> dict:
         return {
             "n_bins": self.n_bins,
             "candidates": {m.name: m.config() for m in self._methods},
             "n_seeds": self.n_seeds, "margin": self.margin, "fraction": self.fraction, "split_seed": self.split_seed,
-            "arch": self.arch, "preset": self.preset, "max_per_class": self.max_per_class, "version": VERSION,
+            "arch": self.arch, "preset": self.preset, "max_per_class": self.max_per_class,
+            "pruning_candidates": {m.name: m.config() for m in self._pruning}, "pruning_preset": self.pruning_preset, "version": VERSION,
         }
 
     def check(self, dataset) -> None:
         for m in self._methods:
             m.check(dataset)
 
+    def regime(self, dataset, ratio: float) -> str:
+        """``"pruning"`` at ``max_per_class`` or more per class, else ``"lowbudget"``."""
+        per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
+        return "pruning" if per_class >= self.max_per_class else "lowbudget"
+
+    def _regime_methods(self, regime: str) -> list:
+        return self._pruning if regime == "pruning" else self._methods
+
     def skip_reason(self, dataset, ratio: float) -> str | None:
         """Why the run cannot (or need not) be validated, or None: no labels, streamed images
         (the validation model trains in memory), a per-class budget at or above
-        ``max_per_class``, or classes too small to hold out a split that the candidates can
-        still bin. The first candidate is then used as it is."""
+        ``max_per_class`` with no ``pruning_candidates``, or classes too small to hold out a
+        split that the regime's candidates can still bin. The first of ``candidates`` is then
+        used as it is."""
         if getattr(dataset, "labels", None) is None:
             return "no labels: nothing to validate against"
         if getattr(dataset, "streamed", False):
             return "streamed images: the validation model trains on images in memory"
         per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
-        if per_class >= self.max_per_class:
-            return f"{per_class:.4g} per class, at or above max_per_class {self.max_per_class:g}"
+        if self.regime(dataset, ratio) == "pruning" and not self._pruning:
+            return f"{per_class:.4g} per class, at or above max_per_class {self.max_per_class:g}, and no pruning_candidates"
         try:
             held = validation_indices(dataset.labels, self.fraction, self.split_seed, dataset.classes)
             rows = np.setdiff1d(np.arange(len(dataset)), held)
             pool = _Rows(dataset, rows)  # the checks read labels and sizes: no copy of the images
-            for m in self._methods:
+            for m in self._regime_methods(self.regime(dataset, ratio)):
                 m.check(pool)
         except ValueError as exc:
             return f"no validation split: {exc}"
-        if budget(ratio, len(dataset)) > len(rows):
+        if self.regime(dataset, ratio) == "lowbudget" and budget(ratio, len(dataset)) > len(rows):
             return f"{per_class:.4g} per class does not fit the validation pool ({len(rows)} samples)"
         return None
 
     def validate(self, ctx: Context) -> dict:
         """Every candidate's validation accuracies at the run's per-class budget:
-        ``{"accuracy": {name: [per seed]}, "mean": {name: mean}, "chosen": name, "pool": P,
-        "validation": V, "per_class": m, "seconds": s}``."""
+        ``{"accuracy": {name: [per seed]}, "mean": {name: mean}, "chosen": name, "regime":
+        "lowbudget" | "pruning", "rule": ..., "pool": P, "validation": V, "per_class": m,
+        "seconds": s}``; in the pruning regime also ``"gain"``: per rival, the mean paired gain
+        over the incumbent and its 95 % interval, ``[mean, low, high]`` (fractions)."""
         n = len(ctx.dataset)
         n_classes = len(np.unique(ctx.labels))
         per_class = budget(ctx.ratio, n) / n_classes
+        regime = self.regime(ctx.dataset, ctx.ratio)
+        methods = self._regime_methods(regime)
+        preset = self.pruning_preset if regime == "pruning" else self.preset
         held = validation_indices(ctx.labels, self.fraction, self.split_seed)
         rows = np.setdiff1d(np.arange(n), held)
         pool, val = _subset(ctx.dataset, rows), _subset(ctx.dataset, held)
-        ratio = per_class * n_classes / len(rows)
+        # small budgets: the run's samples per class; pruning: the run's keep ratio of the pool
+        ratio = ctx.ratio if regime == "pruning" else per_class * n_classes / len(rows)
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio: {per_class:g} per class does not fit the validation pool ({len(rows)} samples); use a smaller ratio or method dq-budget")
         images = getattr(ctx.dataset, "kind", "") == "images"
         from ..embed.base import Embedding
+        from .dynamics import _DynamicsMethod
 
         full = ctx.embedding()
         features = np.asarray(full.features)
         pool_emb = Embedding(features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+        pool_labels = np.asarray(ctx.labels)[rows]
         t = time.perf_counter()
+        dynamics: dict = {}  # the whole set's dynamics per (epochs, n_runs), restricted to the pool
+        for method in methods:
+            if isinstance(method, _DynamicsMethod) and (method.epochs, method.n_runs) not in dynamics:
+                dynamics[method.epochs, method.n_runs] = _rows_of(method.dynamics(ctx), rows)
         bar = None
         if ctx.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(self._methods) * self.n_seeds, desc="validate", unit="run", leave=False)
+            bar = tqdm(total=len(methods) * self.n_seeds, desc=f"validate ({regime})", unit="run", leave=False)
         acc: dict[str, list[float]] = {}
         last = None
         try:
-            for method in self._methods:
+            for method in methods:
                 acc[method.name] = []
                 for s in range(self.n_seeds):
-                    idx = method.select(_PoolContext(ctx, pool, pool_emb, ratio, s)).indices
+                    pctx = _PoolContext(ctx, pool, pool_emb, ratio, s)
+                    if isinstance(method, _DynamicsMethod):
+                        idx = method.choose(pctx, method.scores(dynamics[method.epochs, method.n_runs], pool_labels))
+                    else:
+                        idx = method.select(pctx).indices
                     if images:
                         from ..evaluate import train_and_test
 
-                        a = train_and_test(pool, idx, val, self.arch, self.preset, seed=s, device=ctx.device)["accuracy"]
+                        a = train_and_test(pool, idx, val, self.arch, preset, seed=s, device=ctx.device)["accuracy"]
                     elif s > 0 and np.array_equal(idx, last):
                         a = acc[method.name][-1]  # the same selection: the regression is deterministic
                     else:
                         from ..evaluate.text import logreg_accuracy
 
-                        a = logreg_accuracy(pool_emb.features[idx], pool.labels[idx], features[held], val.labels, seed=s)
+                        a = logreg_accuracy(pool_emb.features[idx], pool_labels[idx], features[held], val.labels, seed=s)
                     last = idx
                     acc[method.name].append(float(a))
                     if bar is not None:
@@ -206,13 +248,26 @@ class Validated(SelectionMethod):
             if bar is not None:
                 bar.close()
         mean = {k: float(np.mean(v)) for k, v in acc.items()}
-        first = self.candidates[0]
-        rival = max(self.candidates[1:], key=lambda k: (mean[k], -self.candidates.index(k)), default=None)
-        chosen = rival if rival is not None and 100 * (mean[rival] - mean[first]) > self.margin else first
-        return {"accuracy": acc, "mean": mean, "chosen": chosen, "margin": self.margin, "pool": int(len(rows)), "validation": int(len(held)), "per_class": round(per_class, 3), "seconds": round(time.perf_counter() - t, 2)}
+        names = [m.name for m in methods]
+        first = names[0]
+        out = {"accuracy": acc, "mean": mean, "regime": regime, "preset": preset}
+        if regime == "pruning":
+            from ..evaluate.stats import paired_difference
+
+            diff = {k: paired_difference(acc[k], acc[first]) for k in names[1:]}
+            gain = {k: [_finite_or_none(d.mean), _finite_or_none(d.low), _finite_or_none(d.high)] for k, d in diff.items()}
+            proven = [k for k in names[1:] if diff[k].low > 0.0]  # NaN (one seed) is not above zero
+            chosen = max(proven, key=lambda k: (mean[k], -names.index(k))) if proven else first
+            out.update(gain=gain, rule="paired: a rival's 95 % interval of its gain over the incumbent above zero")
+        else:
+            rival = max(names[1:], key=lambda k: (mean[k], -names.index(k)), default=None)
+            chosen = rival if rival is not None and 100 * (mean[rival] - mean[first]) > self.margin else first
+            out.update(margin=self.margin, rule=f"margin: a rival's mean more than {self.margin:g} points above the incumbent's")
+        return {**out, "chosen": chosen, "pool": int(len(rows)), "validation": int(len(held)), "per_class": round(per_class, 3), "seconds": round(time.perf_counter() - t, 2)}
 
     def select(self, ctx: Context) -> Selection:
         from ..cache import Cache, hash_key
+        from .dynamics import _DynamicsMethod
 
         n = len(ctx.dataset)
         reason = self.skip_reason(ctx.dataset, ctx.ratio)
@@ -221,7 +276,9 @@ class Validated(SelectionMethod):
         else:
             ctx.embedding()
             key = ctx.embedding_record.get("key")
-            key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config()})
+            # the training-dynamics candidates train with the run's proxy_seed: it keys the choice too
+            dyn = self.regime(ctx.dataset, ctx.ratio) == "pruning" and any(isinstance(m, _DynamicsMethod) for m in self._pruning)
+            key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config(), **({"proxy_seed": ctx.proxy_seed} if dyn else {})})
             hit = ctx.cache.load("validation", key, {"result": ("U", 0)}) if ctx.cache is not None and key is not None else None
             if hit is not None:
                 result = {**Cache.unpack_json(hit["result"]), "cached": True}
@@ -231,7 +288,7 @@ class Validated(SelectionMethod):
                     ctx.cache.save("validation", key, {"result": Cache.pack_json(result)})
                 result = {**result, "cached": False}
             result["validated"] = True
-        method = self._methods[self.candidates.index(result["chosen"])]
+        method = {m.name: m for m in self._pruning + self._methods}[result["chosen"]]
         selection = method.select(ctx)
         record = {**result, "record": selection.record}
         return Selection(selection.indices, selection.bins, record)
@@ -247,11 +304,43 @@ class Validated(SelectionMethod):
             lines = ["", f"  validated: {r['chosen']}, not validated ({r.get('reason', 'at or above max_per_class')})"]
         else:
             means = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["mean"].items())
-            lines = ["", f"  validated: chose {r['chosen']} ({r['per_class']} per class; validation accuracy, mean of {len(next(iter(r['accuracy'].values())))} runs: {means}; pool {r['pool']}, held out {r['validation']})"]
+            regime = f", {r['regime']} regime" if "regime" in r else ""
+            lines = ["", f"  validated: chose {r['chosen']} ({r['per_class']} per class{regime}; validation accuracy, mean of {len(next(iter(r['accuracy'].values())))} runs: {means}; pool {r['pool']}, held out {r['validation']})"]
+            for k, (m, lo, hi) in (r.get("gain") or {}).items():
+                interval = "no interval (one run)" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                lines.append(f"    {k} minus {next(iter(r['mean']))}: {100 * m:+.2f} points, 95 % interval {interval}")
         chosen = METHODS.get(r["chosen"])
         if chosen is not None and r.get("record"):  # the chosen method's own lines (dq-budget: its settings)
             lines += chosen.report({chosen.name: r["record"]})
         return lines
+
+
+def _check_candidates(what: str, names, own: str, dynamics: bool) -> tuple:
+    """``names`` as a tuple of distinct registered methods that ``validated`` can run on a pool:
+    embedding methods, and (``dynamics``) the training-dynamics scores."""
+    from . import METHODS
+    from .dynamics import _DynamicsMethod
+
+    if isinstance(names, str) or not names or len(set(names)) != len(names):
+        raise ValueError(f"{what}: expected distinct method names, at least one, got {names!r}")
+    for c in names:
+        if c not in METHODS or c == own:
+            raise ValueError(f"{what}: {c!r} is not a method to validate; expected names from {', '.join(m for m in METHODS if m != own)}")
+        if METHODS[c].needs_pixels and not (dynamics and issubclass(METHODS[c], _DynamicsMethod)):
+            takes = "embedding methods (dq, dq-budget, herding, ...) and the training-dynamics scores (el2n, ccs, ...)" if dynamics else "embedding methods (dq, dq-budget, herding, ...)"
+            raise ValueError(f"{what}: {c!r} trains or reads pixels itself; validated takes {takes}")
+    return tuple(names)
+
+
+def _rows_of(dyn: dict, rows: np.ndarray) -> dict:
+    """The training dynamics of the whole set (:func:`~dsquant.methods.dynamics.training_dynamics`)
+    restricted to ``rows`` (the sample axis is the last of ``seen`` / ``correct``, the second of
+    ``probs`` / ``sq_norms``)."""
+    return {"probs": dyn["probs"][:, rows], "sq_norms": dyn["sq_norms"][:, rows], "seen": dyn["seen"][..., rows], "correct": dyn["correct"][..., rows], "runs": dyn["runs"]}
+
+
+def _finite_or_none(x: float):
+    return None if not np.isfinite(x) else float(x)
 
 
 class _Rows:

@@ -8,7 +8,9 @@ data: it holds out a class-balanced slice of the training set (1/6 by default, s
 every candidate method on the rest (the *pool*) at the run's per-class budget, trains a small
 model on each candidate's pool selection and tests it on the held-out slice, and then runs the
 first candidate on the whole training set unless another one was more than a margin better.
-Nothing of a test split is read. The choice, every validation accuracy and the time spent are in the manifest.
+From ``max_per_class`` per class (the pruning regime) the candidates are DQ and the hard-first
+scores EL2N and CCS, the model trains with the ``pruning`` preset, and a rival must win by a
+paired interval above zero. Nothing of a test split is read. The choice, every validation accuracy and the time spent are in the manifest.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ class Validated(SelectionMethod):
     The first candidate is used unvalidated (:meth:`skip_reason`, recorded in the manifest) on
     unlabelled data, on streamed images, where classes are too small to hold a split out, and
     in the pruning regime when ``pruning_candidates`` is empty. The choice depends
-    on the embedding and the budget only, so it is cached with them (``kind`` ``validation``):
-    a benchmark's seeds validate once.
+    on the embedding and the budget only (and the ``proxy_seed`` the training-dynamics
+    candidates train with), so it is cached with them (``kind`` ``validation``): a benchmark's
+    seeds validate once.
 
     Args:
         candidates: registered method names, at least one; methods that read pixels or train

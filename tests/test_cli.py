@@ -208,3 +208,22 @@ def test_interrupted_run_leaves_nothing(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "compress", "digits", "--method", "random", "--out", out, "--export", "npz")
     assert code == 130 and "nothing was written" in err
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_benchmark_import_may_be_repeated(tmp_path, capsys, monkeypatch):
+    """`--import A --import B` adds both files (argparse's default "store" kept only the last,
+    and the cells of the others were trained again)."""
+    import dsquant.evaluate
+    import dsquant.evaluate.grid as grid
+
+    seen = []
+
+    def spy(db, csv_path, log=print):
+        seen.append(os.path.basename(csv_path))
+        return 0
+
+    monkeypatch.setattr(grid, "import_results", spy)
+    monkeypatch.setattr(dsquant.evaluate, "run_grid", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop after the imports")))
+    code, _, stderr = run(capsys, "benchmark", "--data", "digits", "--methods", "random", "--ratios", "0.1", "--seeds", "0",
+                          "--import", "a.csv", "--import", "b.csv", "c.csv", "--out", tmp_path / "b")
+    assert code == 2 and "stop after the imports" in stderr and seen == ["a.csv", "b.csv", "c.csv"]

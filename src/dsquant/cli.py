@@ -289,7 +289,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--diversity-encoder", choices=["simclr", "proxy"], help="ADQ diversity encoder (default: compress's)")
     p.add_argument("--proxy-seed", dest="proxy_seed", type=_proxy_seed, help="seed of the proxy (and of the other encoders trained on the data): N, or 'seed' for a new proxy per seed, so that the paired intervals include the proxy run's variance (default 0: one proxy for every seed)")
     p.add_argument("--title", default="", help="title of the report and plot")
-    p.add_argument("--import", dest="import_csv", nargs="+", metavar="CSV", help="first add the trainings of these results.csv files (from other runs) to OUT's database: their cells are not run again and the reports include them")
+    p.add_argument("--import", dest="import_csv", nargs="+", action="extend", metavar="CSV", help="first add the trainings of these results.csv files (from other runs; the flag may be repeated) to OUT's database: their cells are not run again and the reports include them")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

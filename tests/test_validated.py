@@ -195,6 +195,16 @@ def test_pruning_regime_matches_a_naive_validation(tmp_path):
     assert one["chosen"] == "dq-budget" and one["gain"]["el2n"][1] is None and one["gain"]["el2n"][0] > 0
     off = dsquant.compress(fds, ratio=ratio, method=Validated(max_per_class=50, pruning_candidates=()), seed=3).manifest["validated"]
     assert not off["validated"] and "no pruning_candidates" in off["reason"]
+    assert Validated(pruning_candidates=None).pruning_candidates == ()
+    # seed-independent selections (EL2N, margin) scored by the deterministic regression: every
+    # paired difference is the same, the interval a point, no evidence: the incumbent stays
+    point = dsquant.compress(fds, ratio=0.6, method=Validated(max_per_class=50, pruning_candidates=("el2n", "margin")), seed=3, cache_dir=tmp_path).manifest["validated"]
+    m, lo, hi = point["gain"]["margin"]
+    assert m > 0 and lo == hi == m and point["chosen"] == "el2n", point  # ahead, but no evidence
+    # the candidates' order is part of the cached choice (the first is the incumbent)
+    swapped = dsquant.compress(fds, ratio=0.6, method=Validated(max_per_class=50, pruning_candidates=("margin", "el2n")), seed=3, cache_dir=tmp_path).manifest["validated"]
+    assert not swapped["cached"] and swapped["chosen"] == "margin" and list(swapped["gain"]) == ["el2n"]
+
 
 
 def test_pruning_regime_on_images_trains_the_pruning_preset_on_the_pool():

@@ -62,7 +62,9 @@ class Validated(SelectionMethod):
     when its paired gain (the same training seed, rival minus incumbent, over the ``n_seeds``
     trainings) has a 95 % t interval above zero; of several such rivals the one with the
     highest mean. Differences there are tenths of a point, under any fixed margin, so the rule
-    asks for evidence instead; with one seed there is no interval and the incumbent stays. The
+    asks for evidence instead; with one seed there is no interval, and where every paired
+    difference is the same (seed-independent selections scored by the deterministic regression
+    of text and features) the interval is a point: the incumbent stays in both cases. The
     training-dynamics candidates score the whole training set once (:meth:`dynamics
     <dsquant.methods.dynamics.EL2N.dynamics>`, cached) and select from the pool on the pool's
     rows of those scores, as the embedding candidates do on the pool's rows of the embedding.
@@ -88,8 +90,8 @@ class Validated(SelectionMethod):
         max_per_class: per-class budget from which the pruning regime's candidates, preset and
             rule apply.
         pruning_candidates: registered names, the incumbent first; embedding methods and the
-            training-dynamics scores (``el2n``, ``ccs``, ...). Empty: the pruning regime takes
-            the first of ``candidates`` unvalidated (version 1's behaviour).
+            training-dynamics scores (``el2n``, ``ccs``, ...). Empty or None: the pruning regime
+            takes the first of ``candidates`` unvalidated (version 1's behaviour).
         pruning_preset: the training preset of step 3 in the pruning regime (images).
         n_bins, precision, block_size: passed to the candidates that take them.
 
@@ -109,7 +111,7 @@ class Validated(SelectionMethod):
         from . import make_method
 
         self.candidates = _check_candidates("candidates", candidates, self.name, dynamics=False)
-        self.pruning_candidates = _check_candidates("pruning_candidates", pruning_candidates, self.name, dynamics=True) if len(pruning_candidates) else ()
+        self.pruning_candidates = _check_candidates("pruning_candidates", pruning_candidates, self.name, dynamics=True) if pruning_candidates is not None and len(pruning_candidates) else ()
         self.n_seeds = check_int("n_seeds", n_seeds)
         try:
             ok = 0.0 < float(fraction) < 1.0
@@ -259,7 +261,10 @@ class Validated(SelectionMethod):
 
             diff = {k: paired_difference(acc[k], acc[first]) for k in names[1:]}
             gain = {k: [_finite_or_none(d.mean), _finite_or_none(d.low), _finite_or_none(d.high)] for k, d in diff.items()}
-            proven = [k for k in names[1:] if diff[k].low > 0.0]  # NaN (one seed) is not above zero
+            # NaN (one seed) is not above zero; nor is a point interval (every difference the
+            # same: seed-independent selections scored by a deterministic model say nothing of
+            # the noise)
+            proven = [k for k in names[1:] if diff[k].low > 0.0 and diff[k].high > diff[k].low]
             chosen = max(proven, key=lambda k: (mean[k], -names.index(k))) if proven else first
             out.update(gain=gain, rule="paired: a rival's 95 % interval of its gain over the incumbent above zero")
         else:
@@ -280,8 +285,11 @@ class Validated(SelectionMethod):
             ctx.embedding()
             key = ctx.embedding_record.get("key")
             # the training-dynamics candidates train with the run's proxy_seed: it keys the choice too
-            dyn = self.regime(ctx.dataset, ctx.ratio) == "pruning" and any(isinstance(m, _DynamicsMethod) for m in self._pruning)
-            key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config(), **({"proxy_seed": ctx.proxy_seed} if dyn else {})})
+            # and in the pruning regime the pool keeps the run's keep ratio, not only its budget;
+            # the candidates' order (the first is the incumbent) is lost in the config's dict
+            pruning = self.regime(ctx.dataset, ctx.ratio) == "pruning"
+            dyn = pruning and any(isinstance(m, _DynamicsMethod) for m in self._pruning)
+            key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config(), "order": [list(self.candidates), list(self.pruning_candidates)], **({"proxy_seed": ctx.proxy_seed} if dyn else {}), **({"ratio": ctx.ratio} if pruning else {})})
             hit = ctx.cache.load("validation", key, {"result": ("U", 0)}) if ctx.cache is not None and key is not None else None
             if hit is not None:
                 result = {**Cache.unpack_json(hit["result"]), "cached": True}

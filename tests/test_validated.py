@@ -228,3 +228,21 @@ def test_pruning_regime_on_images_trains_the_pruning_preset_on_the_pool():
     idx = B.select_by_score(B.el2n_scores(dyn["probs"][:, rows], pool.labels), 0.8, pool.labels, largest=True)
     assert rec["accuracy"]["el2n"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "pruning", seed=0)["accuracy"])]
     assert rec["preset"] == "pruning" and rec["chosen"] == "dq-budget"  # one seed: no interval, the incumbent stays
+
+
+def test_without_a_cache_the_dynamics_train_once_per_run(monkeypatch):
+    """Validation and the chosen dynamics method share the run's dynamics (``ctx.dynamics``):
+    with the cache off they are not trained again for the final selection."""
+    import dsquant.methods.dynamics as D
+
+    calls = []
+    real = D.training_dynamics
+
+    def counted(ctx, *a, **k):
+        calls.append(len(ctx.dataset))
+        return real(ctx, *a, **k)
+
+    monkeypatch.setattr(D, "training_dynamics", counted)
+    fds = _digits_features()
+    run = dsquant.compress(fds, ratio=0.8, method=Validated(max_per_class=50, pruning_candidates=("el2n", "ccs")), seed=3, use_cache=False)
+    assert run.manifest["validated"]["validated"] and calls == [len(fds)]  # once, on the whole set

@@ -68,6 +68,10 @@ class Context:
             ``scores``, ``sample``) with :meth:`timed`.
         generate_bins: the bin engine, :func:`dsquant.generate_bins`'s signature (default it;
             :func:`dsquant.distributed.engine` gives the Ray one, or partitioned greedy).
+        dynamics: the training dynamics of this run's dataset per ``(epochs, n_runs)``
+            (:func:`dsquant.methods.dynamics.training_dynamics`), computed once and shared by
+            the training-dynamics methods that ask for them (``validated`` fills a pool's
+            context with the pool's rows of the whole set's).
     """
 
     def __init__(self, dataset, ratio: float, seed: int, make_encoder: Callable[[], Any], embed: Callable, cache=None, device=None, progress: bool = False, proxy_seed: int | None = None, generate_bins: Callable | None = None) -> None:
@@ -80,6 +84,7 @@ class Context:
         self.proxy_seed = seed if proxy_seed is None else proxy_seed
         self.cache, self.device, self.progress = cache, device, progress
         self.timings: dict[str, float] = {}
+        self.dynamics: dict[tuple[int, int], dict] = {}
         self._make_encoder, self._embed = make_encoder, embed
         self.encoder = None
         self._embedding = None

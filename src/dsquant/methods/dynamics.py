@@ -222,9 +222,15 @@ class _DynamicsMethod(SelectionMethod):
         _needs_labels(self.name, dataset)
 
     def dynamics(self, ctx: Context) -> dict:
-        if getattr(ctx.dataset, "kind", None) != "images":
-            ctx.embedding()  # timed as "embed", apart from the training
-        return ctx.timed("dynamics", training_dynamics, ctx, self.epochs, self.n_runs, self.name)
+        """The run's dynamics at this method's ``(epochs, n_runs)``: from ``ctx.dynamics`` when
+        this run computed them already (another method, or ``validated``), else computed (or
+        read from the cache) and kept there."""
+        key = (self.epochs, self.n_runs)
+        if key not in ctx.dynamics:
+            if getattr(ctx.dataset, "kind", None) != "images":
+                ctx.embedding()  # timed as "embed", apart from the training
+            ctx.dynamics[key] = ctx.timed("dynamics", training_dynamics, ctx, self.epochs, self.n_runs, self.name)
+        return ctx.dynamics[key]
 
     def scores(self, dyn: dict, labels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """(N,) scores, higher = harder, from the dynamics and the (N,) labels."""

@@ -173,17 +173,18 @@ class Validated(SelectionMethod):
         if getattr(dataset, "streamed", False):
             return "streamed images: the validation model trains on images in memory"
         per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
-        if self.regime(dataset, ratio) == "pruning" and not self._pruning:
+        regime = self.regime(dataset, ratio)
+        if regime == "pruning" and not self._pruning:
             return f"{per_class:.4g} per class, at or above max_per_class {self.max_per_class:g}, and no pruning_candidates"
         try:
             held = validation_indices(dataset.labels, self.fraction, self.split_seed, dataset.classes)
             rows = np.setdiff1d(np.arange(len(dataset)), held)
             pool = _Rows(dataset, rows)  # the checks read labels and sizes: no copy of the images
-            for m in self._regime_methods(self.regime(dataset, ratio)):
+            for m in self._regime_methods(regime):
                 m.check(pool)
         except ValueError as exc:
             return f"no validation split: {exc}"
-        if self.regime(dataset, ratio) == "lowbudget" and budget(ratio, len(dataset)) > len(rows):
+        if regime == "lowbudget" and budget(ratio, len(dataset)) > len(rows):
             return f"{per_class:.4g} per class does not fit the validation pool ({len(rows)} samples)"
         return None
 
@@ -215,10 +216,10 @@ class Validated(SelectionMethod):
         pool_emb = Embedding(features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
         pool_labels = np.asarray(ctx.labels)[rows]
         t = time.perf_counter()
-        dynamics: dict = {}  # the whole set's dynamics per (epochs, n_runs), restricted to the pool
-        for method in methods:
-            if isinstance(method, _DynamicsMethod) and (method.epochs, method.n_runs) not in dynamics:
-                dynamics[method.epochs, method.n_runs] = _rows_of(method.dynamics(ctx), rows)
+        for method in methods:  # the whole set's dynamics, once (kept in ctx for the final selection)
+            if isinstance(method, _DynamicsMethod):
+                method.dynamics(ctx)
+        pool_dynamics = {k: _rows_of(d, rows) for k, d in ctx.dynamics.items()}
         bar = None
         if ctx.progress:
             from tqdm.auto import tqdm
@@ -231,10 +232,8 @@ class Validated(SelectionMethod):
                 acc[method.name] = []
                 for s in range(self.n_seeds):
                     pctx = _PoolContext(ctx, pool, pool_emb, ratio, s)
-                    if isinstance(method, _DynamicsMethod):
-                        idx = method.choose(pctx, method.scores(dynamics[method.epochs, method.n_runs], pool_labels))
-                    else:
-                        idx = method.select(pctx).indices
+                    pctx.dynamics.update(pool_dynamics)
+                    idx = method.select(pctx).indices
                     if images:
                         from ..evaluate import train_and_test
 

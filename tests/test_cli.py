@@ -227,3 +227,26 @@ def test_benchmark_import_may_be_repeated(tmp_path, capsys, monkeypatch):
     code, _, stderr = run(capsys, "benchmark", "--data", "digits", "--methods", "random", "--ratios", "0.1", "--seeds", "0",
                           "--import", "a.csv", "--import", "b.csv", "c.csv", "--out", tmp_path / "b")
     assert code == 2 and "stop after the imports" in stderr and seen == ["a.csv", "b.csv", "c.csv"]
+
+
+def test_benchmark_list_flags_may_be_repeated_and_keep_their_defaults(tmp_path, capsys, monkeypatch):
+    """Every list flag extends what came before (``--methods a --methods b`` is ``a b``); an
+    absent one takes its default, which a given one replaces (never extends)."""
+    import dsquant.evaluate
+    from dsquant.evaluate.grid import DEFAULT_METHODS
+
+    grids = []
+
+    def spy(grid, *a, **k):
+        grids.append(grid)
+        raise ValueError("stop before training")
+
+    monkeypatch.setattr(dsquant.evaluate, "run_grid", spy)
+    code, _, _ = run(capsys, "benchmark", "--data", "digits", "--methods", "random", "--methods", "dq", "herding",
+                     "--per-class", "1", "--per-class", "5", "--seeds", "3", "--seeds", "4", "--arch", "mlp", "--arch", "logreg", "--out", tmp_path / "a")
+    g = grids[-1]
+    assert code == 2 and g.methods == ["random", "dq", "herding"] and g.per_class == [1, 5] and g.seeds == [3, 4]
+    assert g.archs == ["mlp", "logreg"] and g.ratios == []
+    code, _, _ = run(capsys, "benchmark", "--data", "digits", "--ratios", "0.1", "--ratios", "0.2", "--out", tmp_path / "b")
+    g = grids[-1]
+    assert code == 2 and g.methods == list(DEFAULT_METHODS) and g.ratios == [0.1, 0.2] and g.per_class == [] and g.seeds == list(range(10))

@@ -12,6 +12,7 @@ from dsquant.core.sampling import validation_indices
 from dsquant.evaluate.protocols import validation_split
 from dsquant.evaluate.text import logreg_accuracy
 from dsquant.methods import Validated
+from dsquant.methods.validated import choose
 
 
 def _digits_features():
@@ -71,6 +72,29 @@ def test_choice_matches_a_naive_validation():
     assert best.manifest["validated"]["chosen"] == "herding"
 
 
+def test_choose_by_hand():
+    a = [0.50, 0.60, 0.70]
+    # gains 0.02, 0.03, 0.01: mean 0.02, sd 0.01, half width t(0.975, 2) 0.01 / sqrt(3) = 0.02484
+    wide = {"a": a, "b": [0.52, 0.63, 0.71]}
+    chosen, gain = choose(wide, ["a", "b"], "paired")
+    assert chosen == "a" and gain["b"] == pytest.approx([0.02, 0.02 - 0.024841, 0.02 + 0.024841], abs=1e-5)
+    assert choose(wide, ["a", "b"], "margin", margin=1.0)[0] == "b"  # 2 points > 1
+    assert choose(wide, ["a", "b"], "margin", margin=2.5)[0] == "a"
+    # gains 0.02, 0.025, 0.015: sd 0.005, half width 0.01242: low 0.0076 > 0
+    narrow = {"a": a, "b": [0.52, 0.625, 0.715], "c": [0.51, 0.61, 0.71], "d": [0.53, 0.64, 0.725]}
+    assert choose(narrow, ["a", "b"], "paired")[0] == "b"
+    # c: a point interval (every gain 0.01) is no evidence; d: proven and ahead of b
+    assert choose(narrow, ["a", "c"], "paired")[0] == "a"
+    assert choose(narrow, ["a", "b", "c", "d"], "paired")[0] == "d"
+    assert choose(narrow, ["a", "c", "b"], "paired")[0] == "b"
+    one = {"a": [0.5], "b": [0.9]}  # one seed: no interval
+    chosen, gain = choose(one, ["a", "b"], "paired")
+    assert chosen == "a" and gain["b"][0] == pytest.approx(0.4) and gain["b"][1:] == [None, None]
+    assert choose(one, ["a"], "paired")[0] == "a" and choose(one, ["a"], "margin")[0] == "a"
+    with pytest.raises(ValueError, match="rule: expected one of paired, margin"):
+        choose(one, ["a", "b"], "vote")
+
+
 def test_large_budgets_without_pruning_candidates_take_the_first_candidate_unvalidated():
     fds = _digits_features()
     run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50, pruning_candidates=()), seed=2)
@@ -116,6 +140,7 @@ def test_bad_parameters_and_data():
         (dict(arch="vgg99"), "arch: expected one of"),
         (dict(max_per_class=-1), "max_per_class: expected a positive"),
         (dict(margin=-0.5), "margin: expected points"),
+        (dict(rule="best"), "rule: expected one of paired, margin"),
         (dict(pruning_candidates=("dq", "adq")), "pruning_candidates: 'adq' trains or reads pixels itself; validated takes embedding methods .* and the training-dynamics"),
         (dict(candidates=("dq", "el2n")), "candidates: 'el2n' trains or reads pixels"),
         (dict(pruning_preset="slow"), "pruning_preset: expected one of"),

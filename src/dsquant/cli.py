@@ -118,8 +118,8 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--seed",), dict(dest="seed", type=_seed, default=0, help="seed of training and sampling, in [0, 2**32) (default 0)")),
         (("--alpha",), dict(dest="alpha", type=_unit_interval(False, False, "a weight in [0, 1]"), default=0.6, help="ADQ: weight of bin importance against bin size, in [0, 1] (default 0.6)")),
         (("--diversity-encoder",), dict(dest="diversity_encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")),
-        (("--candidates",), dict(dest="candidates", nargs="+", choices=[m for m, c in METHODS.items() if not c.needs_pixels and m != "validated"], metavar="METHOD", help="validated: the methods it chooses between on a validation split of the training set (default dq-budget herding)")),
-        (("--pruning-candidates",), dict(dest="pruning_candidates", nargs="*", choices=[m for m, c in METHODS.items() if (not c.needs_pixels or c in DYNAMICS_METHODS) and m != "validated"], metavar="METHOD", help="validated, from 500 samples per class (pruning): the methods it chooses between, the incumbent first (default dq-budget el2n ccs; none: dq-budget unvalidated)")),
+        (("--candidates",), dict(dest="candidates", nargs="+", action="extend", choices=[m for m, c in METHODS.items() if not c.needs_pixels and m != "validated"], metavar="METHOD", help="validated: the methods it chooses between on a validation split of the training set (default dq-budget herding)")),
+        (("--pruning-candidates",), dict(dest="pruning_candidates", nargs="*", action="extend", choices=[m for m, c in METHODS.items() if (not c.needs_pixels or c in DYNAMICS_METHODS) and m != "validated"], metavar="METHOD", help="validated, from 500 samples per class (pruning): the methods it chooses between, the incumbent first (default dq-budget el2n ccs; none: dq-budget unvalidated)")),
         (("--rep",), dict(dest="representativeness", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")),
         (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
         (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),
@@ -248,8 +248,8 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("dir", help="output directory of 'dsquant compress'")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="training protocol: cpu (default, 2 cores) or paper (ResNet-18, 200 epochs; for a GPU)")
-    p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--arch", nargs="+", action="extend", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
+    p.add_argument("--seeds", nargs="+", action="extend", type=_seed, help="training seeds (default 0 1 2)")
     p.add_argument("--test", help="the test set, if the dataset has no 'test' split")
     p.add_argument("--device", type=_device, help="torch device (default: cuda if available)")
     p.add_argument("--json", help="also write the results to this JSON file (must not exist)")
@@ -270,15 +270,15 @@ def _add_benchmark(sub) -> None:
         "reports give each method's difference from class-balanced random, paired by seed, with its 95 % "
         "interval (Student's paired t).",
     )
-    p.add_argument("--data", nargs="+", required=True, help="datasets with a test split (paths, or 'digits')")
+    p.add_argument("--data", nargs="+", action="extend", required=True, help="datasets with a test split (paths, or 'digits')")
     from .evaluate.grid import DEFAULT_METHODS, FULL
     from .methods import METHODS
 
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[FULL, *METHODS], help=f"{FULL} (the whole training set) and the selection methods (default: {' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--ratios", nargs="+", type=_ratio, help="keep ratios (default 0.01 0.05 0.1 0.2, or none with --per-class)")
-    p.add_argument("--per-class", nargs="+", type=_positive_int, default=[], metavar="M", help="budgets in samples per class (e.g. 1 5 10 50 for the lowbudget preset): keep ratio M x classes / N of each dataset")
-    p.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
-    p.add_argument("--seeds", nargs="+", type=_seed, help="seeds of sampling and training (default: 0 .. N-1 with N from --n-seeds); wins over --n-seeds")
+    p.add_argument("--methods", nargs="+", action="extend", choices=[FULL, *METHODS], help=f"{FULL} (the whole training set) and the selection methods (default: {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--ratios", nargs="+", action="extend", type=_ratio, help="keep ratios (default 0.01 0.05 0.1 0.2, or none with --per-class)")
+    p.add_argument("--per-class", nargs="+", action="extend", type=_positive_int, metavar="M", help="budgets in samples per class (e.g. 1 5 10 50 for the lowbudget preset): keep ratio M x classes / N of each dataset")
+    p.add_argument("--arch", nargs="+", action="extend", choices=sorted(ARCHITECTURES), help="architectures (default: the preset's)")
+    p.add_argument("--seeds", nargs="+", action="extend", type=_seed, help="seeds of sampling and training (default: 0 .. N-1 with N from --n-seeds); wins over --n-seeds")
     p.add_argument("--n-seeds", type=_positive_int, default=10, metavar="N", help="run seeds 0 .. N-1 when --seeds is not given (default 10)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--out", required=True, help="directory of the results")
@@ -315,7 +315,7 @@ def _cmd_evaluate(args) -> int:
         if args.json:  # checked (and locked) before the training, like every output
             recognise = lambda p: is_json_file(p, ("preset", "runs", "summary"))  # noqa: E731
             w = stack.enter_context(AtomicOutput(args.json, overwrite=args.overwrite, keep=[args.dir], recognise=recognise, what="an evaluation result", is_file=True))
-        res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty(), unmodified=args.unmodified, reconstructor=args.reconstructor)
+        res = evaluate_output(args.dir, tuple(args.arch) if args.arch else None, tuple(args.seeds or (0, 1, 2)), args.preset, args.test, args.device, progress=not args.quiet and sys.stderr.isatty(), unmodified=args.unmodified, reconstructor=args.reconstructor)
         print(f"dsquant evaluate: {res['n_train']} training samples ({res['trained_on']}), {res['n_test']} test samples, preset {args.preset}")
         print(f"  {'architecture':<16} {'test accuracy (%)':>20}  per seed")
         for s in res["summary"]:
@@ -329,7 +329,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_benchmark(args) -> int:
     from .evaluate import Grid, run_grid, write_reports
-    from .evaluate.grid import check_report_dir
+    from .evaluate.grid import DEFAULT_METHODS, check_report_dir
 
     opts = {"n_bins": args.bins, "epochs": args.epochs, "embedding": args.embedding}
     if args.alpha is not None:
@@ -340,7 +340,7 @@ def _cmd_benchmark(args) -> int:
         opts["proxy_seed"] = args.proxy_seed
     seeds = args.seeds if args.seeds is not None else list(range(args.n_seeds))
     ratios = args.ratios if args.ratios is not None else ([] if args.per_class else [0.01, 0.05, 0.1, 0.2])
-    grid = Grid(args.data, args.methods, ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class)
+    grid = Grid(args.data, args.methods or list(DEFAULT_METHODS), ratios, args.arch, seeds, args.preset, opts, per_class=args.per_class or [])
     check_report_dir(args.out)  # before hours of training, not after
     for csv_path in args.import_csv or []:
         from .evaluate.grid import import_results

@@ -22,7 +22,9 @@ import numpy as np
 from ..core.sampling import budget, validation_indices
 from .base import Context, Selection, SelectionMethod, check_int
 
-__all__ = ["Validated"]
+__all__ = ["Validated", "choose"]
+
+RULES = ("paired", "margin")  # how validation accuracies become a choice (:func:`choose`)
 
 VERSION = 2  # of the validation protocol: cached choices of another version are not reused
 # (2: the pruning regime is validated too, with its own candidates and the paired rule)
@@ -107,7 +109,7 @@ class Validated(SelectionMethod):
     # (skip_reason), so it runs wherever that one does
     needs_pixels = False
 
-    def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
+    def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, rule: str = "margin", margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
         from . import make_method
 
         self.candidates = _check_candidates("candidates", candidates, self.name, dynamics=False)
@@ -123,6 +125,9 @@ class Validated(SelectionMethod):
         if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and 0 <= margin < 100):
             raise ValueError(f"margin: expected points of accuracy in [0, 100), got {margin!r}")
         self.margin = float(margin)
+        if rule not in RULES:
+            raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+        self.rule = rule
         self.split_seed = check_int("split_seed", split_seed, low=0)
         from ..evaluate import ARCHITECTURES
         from ..evaluate.harness import PRESETS
@@ -145,7 +150,7 @@ class Validated(SelectionMethod):
         return {
             "n_bins": self.n_bins,
             "candidates": {m.name: m.config() for m in self._methods},
-            "n_seeds": self.n_seeds, "margin": self.margin, "fraction": self.fraction, "split_seed": self.split_seed,
+            "n_seeds": self.n_seeds, "rule": self.rule, "margin": self.margin, "fraction": self.fraction, "split_seed": self.split_seed,
             "arch": self.arch, "preset": self.preset, "max_per_class": self.max_per_class,
             "pruning_candidates": {m.name: m.config() for m in self._pruning}, "pruning_preset": self.pruning_preset, "version": VERSION,
         }
@@ -253,22 +258,13 @@ class Validated(SelectionMethod):
                 bar.close()
         mean = {k: float(np.mean(v)) for k, v in acc.items()}
         names = [m.name for m in methods]
-        first = names[0]
         out = {"accuracy": acc, "mean": mean, "regime": regime, "preset": preset}
-        if regime == "pruning":
-            from ..evaluate.stats import paired_difference
-
-            diff = {k: paired_difference(acc[k], acc[first]) for k in names[1:]}
-            gain = {k: [_finite_or_none(d.mean), _finite_or_none(d.low), _finite_or_none(d.high)] for k, d in diff.items()}
-            # NaN (one seed) is not above zero; nor is a point interval (every difference the
-            # same: seed-independent selections scored by a deterministic model say nothing of
-            # the noise)
-            proven = [k for k in names[1:] if diff[k].low > 0.0 and diff[k].high > diff[k].low]
-            chosen = max(proven, key=lambda k: (mean[k], -names.index(k))) if proven else first
-            out.update(gain=gain, rule="paired: a rival's 95 % interval of its gain over the incumbent above zero")
+        rule = "paired" if regime == "pruning" else self.rule
+        chosen, gain = choose(acc, names, rule, self.margin)
+        out.update(gain=gain)
+        if rule == "paired":
+            out.update(rule="paired: a rival's 95 % interval of its gain over the incumbent above zero")
         else:
-            rival = max(names[1:], key=lambda k: (mean[k], -names.index(k)), default=None)
-            chosen = rival if rival is not None and 100 * (mean[rival] - mean[first]) > self.margin else first
             out.update(margin=self.margin, rule=f"margin: a rival's mean more than {self.margin:g} points above the incumbent's")
         return {**out, "chosen": chosen, "pool": int(len(rows)), "validation": int(len(held)), "per_class": round(per_class, 3), "seconds": round(time.perf_counter() - t, 2)}
 
@@ -323,6 +319,46 @@ class Validated(SelectionMethod):
         if chosen is not None and r.get("record"):  # the chosen method's own lines (dq-budget: its settings)
             lines += chosen.report({chosen.name: r["record"]})
         return lines
+
+
+def choose(acc: dict, names, rule: str = "paired", margin: float = 1.0) -> tuple[str, dict]:
+    """The candidate a rule takes from validation accuracies, and every rival's paired gain.
+
+    Args:
+        acc: ``{name: (S,) accuracies (fractions) per training seed}``, seeds in the same order
+            for every name.
+        names: the candidates, the incumbent first.
+        rule: ``"paired"``: a rival replaces the incumbent only when the 95 % paired t interval
+            of its gain (:func:`dsquant.evaluate.stats.paired_difference`, rival minus
+            incumbent, seed by seed) is above zero and not a point (every difference equal:
+            seed-independent selections scored by a deterministic model say nothing of the
+            noise); of several such rivals the one with the highest mean. One seed gives no
+            interval, so the incumbent stays. ``"margin"``: the rival with the highest mean
+            replaces it when that mean is more than ``margin`` points above the incumbent's.
+        margin: points of accuracy (rule ``"margin"``).
+
+    Returns:
+        ``(chosen, gain)``: the chosen name, and per rival ``[mean, low, high]`` of its paired
+        gain (fractions; None where not finite). Ties go to the earlier name.
+
+    Raises:
+        ValueError: on an unknown rule.
+    """
+    from ..evaluate.stats import paired_difference
+
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    first, rivals = names[0], list(names[1:])
+    mean = {k: float(np.mean(acc[k])) for k in names}
+    diff = {k: paired_difference(acc[k], acc[first]) for k in rivals}
+    gain = {k: [_finite_or_none(d.mean), _finite_or_none(d.low), _finite_or_none(d.high)] for k, d in diff.items()}
+    if rule == "paired":
+        eligible = [k for k in rivals if diff[k].low > 0.0 and diff[k].high > diff[k].low]
+    else:
+        best = max(rivals, key=lambda k: (mean[k], -names.index(k)), default=None)
+        eligible = [best] if best is not None and 100 * (mean[best] - mean[first]) > margin else []
+    chosen = max(eligible, key=lambda k: (mean[k], -names.index(k))) if eligible else first
+    return chosen, gain
 
 
 def _check_candidates(what: str, names, own: str, dynamics: bool) -> tuple:

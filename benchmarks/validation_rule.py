@@ -1,0 +1,174 @@
+"""Choose ``validated``'s small-budget rule without the test split: nested validation.
+
+``validated`` picks a method on a held-out sixth of the training set (the *outer* validation
+split); which rule turns those validation accuracies into a choice (a fixed margin over the
+incumbent, or a paired interval above zero; which incumbent) is itself a choice, and it must not
+be made on the test split (issue 14). This script repeats ``validated``'s procedure one level
+down: the outer pool (5/6 of the training set) is split again into an inner pool and an inner
+validation split (1/6 of the pool, seed 0), every candidate is validated there (the *inner*
+accuracies: what a rule sees), and every candidate is also validated on the outer split (the
+*outer* accuracies: how good the choice was). A rule is scored by the outer accuracy of what
+it chose from the inner accuracies, against the best candidate's (its regret) and against
+DQ's. Nothing of the test split is read. The embedding is the run's (the default proxy, from
+the cache), restricted to the pool's rows, as ``validated`` does.
+
+    python benchmarks/validation_rule.py ../shared/data/fashion-mnist --per-class 1 5 10 50 100 --out /tmp/rule-fmnist.csv
+    python benchmarks/validation_rule.py ../shared/data/cifar10/cifar10-jpeg.tar --per-class 1 5 10 50 --out /tmp/rule-cifar.csv
+    python benchmarks/validation_rule.py --summary /tmp/rule-fmnist.csv /tmp/rule-cifar.csv
+
+The CSV has a row per (per_class, level, candidate, seed); ``--summary`` prints every rule's
+choice and outcome per cell and the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+CANDIDATES = ("random", "dq", "dq-budget", "herding")
+
+# name: (incumbent, rivals, kind); kind "margin" (mean more than 1 point above the incumbent's)
+# or "paired" (95 % paired t interval of the gain over the incumbent above zero, highest mean
+# among those), "best" (highest mean, no evidence asked)
+RULES = {
+    "v2: margin 1, dq-budget": ("dq-budget", ("herding",), "margin"),
+    "paired, dq-budget": ("dq-budget", ("herding",), "paired"),
+    "paired, dq": ("dq", ("dq-budget", "herding"), "paired"),
+    "margin 1, dq": ("dq", ("dq-budget", "herding"), "margin"),
+    "paired, random": ("random", ("dq-budget", "herding"), "paired"),
+    "best of dq-budget, herding": ("dq-budget", ("herding",), "best"),
+    "best of all": ("dq", ("random", "dq-budget", "herding"), "best"),
+}
+
+
+def choose(acc: dict, incumbent: str, rivals, kind: str, margin: float = 1.0) -> str:
+    """The rule's choice from per-seed accuracies (fractions) ``acc[name] = [...]``."""
+    from dsquant.evaluate.stats import paired_difference
+
+    mean = {k: float(np.mean(v)) for k, v in acc.items()}
+    names = [incumbent, *rivals]
+    if kind == "best":
+        return max(names, key=lambda k: (mean[k], -names.index(k)))
+    if kind == "margin":
+        best = max(rivals, key=lambda k: (mean[k], -names.index(k)))
+        return best if 100 * (mean[best] - mean[incumbent]) > margin else incumbent
+    proven = []
+    for k in rivals:
+        d = paired_difference(acc[k], acc[incumbent])
+        if d.low > 0.0 and d.high > d.low:
+            proven.append(k)
+    return max(proven, key=lambda k: (mean[k], -names.index(k))) if proven else incumbent
+
+
+def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) -> None:
+    from dsquant import compress
+    from dsquant.core.sampling import validation_indices
+    from dsquant.embed.base import Embedding
+    from dsquant.methods.base import Selection, SelectionMethod
+    from dsquant.methods.validated import Validated, _PoolContext, _subset
+
+    rows_out: list[list] = []
+    done = set()
+    if out.exists():
+        with open(out) as f:
+            for r in csv.DictReader(f):
+                done.add(float(r["per_class"]))
+                rows_out.append([r[k] for k in ("data", "per_class", "level", "candidate", "seed", "accuracy")])
+
+    class Probe(SelectionMethod):
+        """Runs the study inside compress (so the embedding is the cached default proxy's);
+        selects the first row of every class."""
+
+        name = "probe"
+
+        def __init__(self, m: float) -> None:
+            self.m = m
+
+        def select(self, ctx):
+            n = len(ctx.dataset)
+            v = Validated(candidates=candidates, n_seeds=n_seeds)
+            t = time.perf_counter()
+            outer = v.validate(ctx)["accuracy"]
+            held = validation_indices(ctx.labels, v.fraction, v.split_seed)
+            rows = np.setdiff1d(np.arange(n), held)
+            full = ctx.embedding()
+            emb = Embedding(np.asarray(full.features)[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+            pool = _subset(ctx.dataset, rows)
+            n_classes = len(np.unique(ctx.labels))
+            inner_ctx = _PoolContext(ctx, pool, emb, self.m * n_classes / len(rows), 0)
+            inner = v.validate(inner_ctx)["accuracy"]
+            print(f"{data} {self.m:g}/class: {time.perf_counter() - t:.0f} s", flush=True)
+            for level, acc in (("inner", inner), ("outer", outer)):
+                for k, vals in acc.items():
+                    for s, a in enumerate(vals):
+                        rows_out.append([data, self.m, level, k, s, a])
+            _, first = np.unique(ctx.labels, return_index=True)
+            return Selection(np.sort(first).astype(np.int64))
+
+    for m in per_class:
+        if m in done:
+            print(f"{m:g}/class: in {out}, skipped")
+            continue
+        n_train = 60000 if "fashion" in data else 50000
+        compress(data, ratio=m * 10 / n_train, method=Probe(m), seed=0, proxy_seed=0, progress=False)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["data", "per_class", "level", "candidate", "seed", "accuracy"])
+            w.writerows(rows_out)
+        os.replace(tmp, out)
+
+
+def summary(paths: list[str]) -> None:
+    cells: dict = {}
+    for p in paths:
+        with open(p) as f:
+            for r in csv.DictReader(f):
+                key = (Path(r["data"]).name, float(r["per_class"]))
+                cells.setdefault(key, {}).setdefault(r["level"], {}).setdefault(r["candidate"], []).append(float(r["accuracy"]))
+    total = {k: [0.0, 0.0, 0] for k in RULES}  # regret, minus dq, cells below dq
+    print("| data | per class | outer mean: " + ", ".join(CANDIDATES) + " | " + " | ".join(RULES) + " |")
+    print("|---|---|---|" + "---|" * len(RULES))
+    for (d, m), lv in sorted(cells.items()):
+        inner, outer = lv["inner"], lv["outer"]
+        om = {k: 100 * float(np.mean(v)) for k, v in outer.items()}
+        best = max(om[k] for k in ("dq-budget", "herding", "dq"))
+        line = [d, f"{m:g}", ", ".join(f"{om[k]:.2f}" for k in CANDIDATES if k in om)]
+        for name, (inc, riv, kind) in RULES.items():
+            c = choose(inner, inc, riv, kind)
+            total[name][0] += best - om[c]
+            total[name][1] += om[c] - om["dq"]
+            total[name][2] += om[c] < om["dq"]
+            line.append(f"{c} ({om[c] - om['dq']:+.2f})")
+        print("| " + " | ".join(line) + " |")
+    print()
+    print("| rule | summed regret (points, outer) | summed gain over dq | cells below dq |")
+    print("|---|---|---|---|")
+    for name, (reg, gain, below) in total.items():
+        print(f"| {name} | {reg:.2f} | {gain:+.2f} | {below} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?")
+    p.add_argument("--per-class", nargs="+", type=float, default=[1, 5, 10, 50])
+    p.add_argument("--n-seeds", type=int, default=5)
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    p.add_argument("--out", type=Path)
+    p.add_argument("--summary", nargs="+", help="CSV files of earlier runs: print the rules' table")
+    a = p.parse_args()
+    if a.summary:
+        summary(a.summary)
+        return
+    if not a.data or not a.out:
+        p.error("DATA and --out are needed to run (or --summary CSV ...)")
+    run(a.data, a.per_class, a.n_seeds, a.out, tuple(a.candidates))
+
+
+if __name__ == "__main__":
+    main()

@@ -30,19 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-CANDIDATES = ("random", "dq", "dq-budget", "herding")
+CANDIDATES = ("random", "dq", "dq-budget", "herding")  # herding-drop: a second run, --candidates herding-drop
 
 # name: (incumbent, rivals, kind); kind "margin" (mean more than 1 point above the incumbent's)
 # or "paired" (95 % paired t interval of the gain over the incumbent above zero, highest mean
 # among those), "best" (highest mean, no evidence asked)
 RULES = {
-    "v2: margin 1, dq-budget": ("dq-budget", ("herding",), "margin"),
-    "paired, dq-budget": ("dq-budget", ("herding",), "paired"),
-    "paired, dq": ("dq", ("dq-budget", "herding"), "paired"),
-    "margin 1, dq": ("dq", ("dq-budget", "herding"), "margin"),
-    "paired, random": ("random", ("dq-budget", "herding"), "paired"),
+    "v2: margin 1, dq-budget vs herding": ("dq-budget", ("herding",), "margin"),
+    "paired, dq-budget vs herding": ("dq-budget", ("herding",), "paired"),
+    "paired, dq vs dq-budget, herding": ("dq", ("dq-budget", "herding"), "paired"),
+    "margin 1, dq vs dq-budget, herding": ("dq", ("dq-budget", "herding"), "margin"),
+    "paired, random vs dq-budget, herding": ("random", ("dq-budget", "herding"), "paired"),
     "best of dq-budget, herding": ("dq-budget", ("herding",), "best"),
-    "best of all": ("dq", ("random", "dq-budget", "herding"), "best"),
+    # with herding-drop (where a cell has it)
+    "margin 1, dq-budget vs herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "margin"),
+    "paired, dq-budget vs herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "paired"),
+    "paired, dq vs dq-budget, herding, herding-drop": ("dq", ("dq-budget", "herding", "herding-drop"), "paired"),
+    "best of dq-budget, herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "best"),
 }
 
 
@@ -132,15 +136,16 @@ def summary(paths: list[str]) -> None:
                 key = (Path(r["data"]).name, float(r["per_class"]))
                 cells.setdefault(key, {}).setdefault(r["level"], {}).setdefault(r["candidate"], []).append(float(r["accuracy"]))
     total = {k: [0.0, 0.0, 0] for k in RULES}  # regret, minus dq, cells below dq
-    print("| data | per class | outer mean: " + ", ".join(CANDIDATES) + " | " + " | ".join(RULES) + " |")
+    shown = (*CANDIDATES, "herding-drop")
+    print("| data | per class | outer mean: " + ", ".join(shown) + " | " + " | ".join(RULES) + " |")
     print("|---|---|---|" + "---|" * len(RULES))
     for (d, m), lv in sorted(cells.items()):
         inner, outer = lv["inner"], lv["outer"]
         om = {k: 100 * float(np.mean(v)) for k, v in outer.items()}
-        best = max(om[k] for k in ("dq-budget", "herding", "dq"))
-        line = [d, f"{m:g}", ", ".join(f"{om[k]:.2f}" for k in CANDIDATES if k in om)]
+        best = max(om[k] for k in ("dq-budget", "herding", "dq", "herding-drop") if k in om)
+        line = [d, f"{m:g}", ", ".join(f"{om[k]:.2f}" if k in om else "-" for k in shown)]
         for name, (inc, riv, kind) in RULES.items():
-            c = choose(inner, inc, riv, kind)
+            c = choose(inner, inc, [r for r in riv if r in inner], kind)
             total[name][0] += best - om[c]
             total[name][1] += om[c] - om["dq"]
             total[name][2] += om[c] < om["dq"]

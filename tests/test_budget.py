@@ -6,7 +6,7 @@ import pytest
 
 import dsquant
 from dsquant import data as _data  # noqa: F401  (dsquant.data below)
-from dsquant.core.baselines import herding, herding_cell_rank
+from dsquant.core.baselines import herding, herding_cell_rank, herding_drop_last
 from dsquant.core.bins import generate_bins
 from dsquant.core.sampling import largest_remainder, sample_uniform, sample_with_counts, skewed_bin_counts
 from dsquant.methods import DQ, DQBudget, make_method
@@ -91,6 +91,46 @@ def test_herding_cell_rank_hand_computed_and_reduces_to_herding(rng):
     assert np.array_equal(sample_with_counts(one, [11], labels, 0, herding_cell_rank(X, one, [11], labels)), herding(X, 11, labels))
     with pytest.raises(ValueError, match="bin_counts"):
         herding_cell_rank(X, bins, [21, 0], labels)
+
+
+def test_herding_drop_last_hand_computed_and_against_naive(rng):
+    # one class, bins {0, 1, 2} and {3}: 10 is left out; herding on 0, 1, 2 (mean 1) picks 1, then
+    # the x with (1 + x) / 2 closest to 1: 0 and 2 tie at 0.5 off, the lower index wins
+    X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    assert herding_drop_last(X, [np.arange(3), np.array([3])], 2).tolist() == [0, 1]
+    assert herding(X, 2).tolist() == [1, 2]  # with 10 in the pool (mean 3.25) the picks differ
+    # naive: herding on every class's rows outside the last bin, the whole set's class quotas
+    X = rng.normal(size=(90, 5)).astype(np.float32)
+    labels = np.repeat([0, 1, 2], 30)
+    bins = [rng.permutation(90)[:30], None, None]
+    rest = np.setdiff1d(np.arange(90), bins[0])
+    bins[1], bins[2] = rest[:40], rest[40:]
+    for n in (3, 10, 31):
+        got = herding_drop_last(X, bins, n, labels)
+        quotas = np.bincount(labels[herding(X, n, labels)], minlength=3)  # herding's own quotas
+        want = []
+        for c, q in zip(range(3), quotas):
+            kept = np.setdiff1d(np.flatnonzero(labels == c), bins[2])
+            want += kept[herding(X[kept], int(q))].tolist()
+        assert got.tolist() == sorted(want) and len(got) == n and not set(got.tolist()) & set(bins[2].tolist())
+    # one bin: herding exactly; a quota larger than a class's rows outside the last bin: the class
+    # herds over all its rows
+    assert np.array_equal(herding_drop_last(X, [np.arange(90)], 12, labels), herding(X, 12, labels))
+    big = herding_drop_last(X, [np.arange(0, 90, 10), np.setdiff1d(np.arange(90), np.arange(0, 90, 10))], 30, labels)
+    assert np.array_equal(big, herding(X, 30, labels))
+    with pytest.raises(ValueError, match="bins: expected"):
+        herding_drop_last(X, [np.array([0, 95])], 3, labels)
+
+
+def test_herding_drop_method_uses_the_runs_bins():
+    ds = dsquant.data.load_digits()
+    feats = ds.images.reshape(len(ds), -1).astype(np.float32)
+    fds = dsquant.data.FeatureDataset(feats, ds.labels, ds.classes, "digits-pixels")
+    run = dsquant.compress(fds, ratio=0.05, seed=0, method="herding-drop")
+    bins = dsquant.compress(fds, ratio=0.05, seed=0, method="dq").bins
+    assert all(np.array_equal(a, b) for a, b in zip(run.bins, bins)) and len(run.bins) == 10
+    assert np.array_equal(run.indices, herding_drop_last(feats, bins, len(run.indices), ds.labels))
+    assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.05, seed=5, method="herding-drop").indices)
 
 
 def test_herding_order_in_dq_budget():

@@ -55,7 +55,7 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     code, stdout, _ = run(capsys, "compress", "digits", "--epochs", "1", "--out", out, "--overwrite", "--quiet")
     auto = read_output(out)
     rec = auto.manifest["validated"]
-    assert code == 0 and auto.manifest["method"] == "validated" and rec["validated"] and rec["chosen"] in ("dq-budget", "herding")
+    assert code == 0 and auto.manifest["method"] == "validated" and rec["validated"] and rec["chosen"] in ("dq", "dq-budget", "herding", "herding-drop")
     assert len(rec["accuracy"]["herding"]) == 5 and rec["pool"] + rec["validation"] == 1437
     if rec["chosen"] == "dq-budget":
         assert np.array_equal(auto.indices, budget.indices)

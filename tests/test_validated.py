@@ -38,6 +38,20 @@ def test_validation_indices_by_hand_and_as_the_split():
         validation_indices(labels, 1.0)
 
 
+def _naive_paired(acc: dict, names: list) -> str:
+    """The paired rule from scratch: a rival whose seed-by-seed gains over the incumbent have a
+    95 % Student t interval above zero (and not a point), the highest mean of those."""
+    from scipy.stats import t as student
+
+    first, ok = names[0], []
+    for k in names[1:]:
+        d = np.asarray(acc[k]) - np.asarray(acc[first])
+        half = student.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        if d.mean() - half > 0 and half > 0:
+            ok.append(k)
+    return max(ok, key=lambda k: np.mean(acc[k])) if ok else first
+
+
 def test_choice_matches_a_naive_validation():
     fds = _digits_features()
     n, m = len(fds), 30  # 3 per class
@@ -47,7 +61,8 @@ def test_choice_matches_a_naive_validation():
     rows = np.setdiff1d(np.arange(n), held)
     pool = dsquant.data.FeatureDataset(fds.features[rows], fds.labels[rows], fds.classes, "pool")
     expect = {}
-    for name in ("dq-budget", "herding"):
+    names = ["dq", "dq-budget", "herding", "herding-drop"]  # the defaults, the incumbent (DQ) first
+    for name in names:
         accs = []
         for s in range(5):
             idx = dsquant.compress(pool, ratio=m / len(rows), method=name, seed=s).indices
@@ -55,20 +70,25 @@ def test_choice_matches_a_naive_validation():
             accs.append(logreg_accuracy(pool.features[idx], pool.labels[idx], fds.features[held], fds.labels[held], seed=s))
         expect[name] = accs
     assert rec["accuracy"] == expect and rec["pool"] == len(rows) and rec["validation"] == len(held)
-    # the incumbent (dq-budget) unless herding is more than 1 point ahead
-    gap = 100 * (np.mean(expect["herding"]) - np.mean(expect["dq-budget"]))
-    chosen = "herding" if gap > 1.0 else "dq-budget"
-    assert gap > 1.0  # on these pixels herding is ahead: the switch is exercised
-    assert rec["chosen"] == chosen and rec["validated"] and not rec["cached"] and rec["margin"] == 1.0
+    chosen = _naive_paired(expect, names)
+    assert chosen != "dq"  # on these pixels a rival is proven better than DQ: the switch is exercised
+    assert rec["chosen"] == chosen and rec["validated"] and not rec["cached"] and rec["rule"].startswith("paired")
+    assert set(rec["gain"]) == set(names[1:])
     assert np.array_equal(run.indices, dsquant.compress(fds, ratio=m / n, method=chosen, seed=4).indices)
     # the choice depends on the embedding and the budget, not the run's seed: cached
     again = dsquant.compress(fds, ratio=m / n, method="validated", seed=9)
     assert again.manifest["validated"]["cached"] and again.manifest["validated"]["accuracy"] == rec["accuracy"]
-    # a margin above the gap keeps the incumbent; margin 0 takes the best
-    keep = dsquant.compress(fds, ratio=m / n, method=Validated(margin=gap + 0.5), seed=4)
-    assert keep.manifest["validated"]["chosen"] == "dq-budget" and keep.manifest["validated"]["accuracy"] == rec["accuracy"]
+    # version 2's rule: dq-budget unless herding is more than `margin` points ahead
+    old = dict(candidates=("dq-budget", "herding"), rule="margin")
+    gap = 100 * (np.mean(expect["herding"]) - np.mean(expect["dq-budget"]))
+    assert gap > 1.0
+    v2 = dsquant.compress(fds, ratio=m / n, method=Validated(**old), seed=4)
+    assert v2.manifest["validated"]["chosen"] == "herding" and v2.manifest["validated"]["margin"] == 1.0
+    keep = dsquant.compress(fds, ratio=m / n, method=Validated(margin=gap + 0.5, **old), seed=4)
+    assert keep.manifest["validated"]["chosen"] == "dq-budget"
+    assert {k: keep.manifest["validated"]["accuracy"][k] for k in old["candidates"]} == {k: expect[k] for k in old["candidates"]}
     assert np.array_equal(keep.indices, dsquant.compress(fds, ratio=m / n, method="dq-budget", seed=4).indices)
-    best = dsquant.compress(fds, ratio=m / n, method=Validated(margin=0, candidates=("herding", "dq-budget")), seed=4)
+    best = dsquant.compress(fds, ratio=m / n, method=Validated(margin=0, candidates=("herding", "dq-budget"), rule="margin"), seed=4)
     assert best.manifest["validated"]["chosen"] == "herding"
 
 
@@ -95,7 +115,7 @@ def test_choose_by_hand():
         choose(one, ["a", "b"], "vote")
 
 
-def test_large_budgets_without_pruning_candidates_take_the_first_candidate_unvalidated():
+def test_large_budgets_without_pruning_candidates_take_the_fallback_unvalidated():
     fds = _digits_features()
     run = dsquant.compress(fds, ratio=0.5, method=Validated(max_per_class=50, pruning_candidates=()), seed=2)
     rec = run.manifest["validated"]
@@ -103,7 +123,7 @@ def test_large_budgets_without_pruning_candidates_take_the_first_candidate_unval
     lines = Validated.report(run.manifest)  # `dsquant info`: the reason, then the chosen method's own lines
     assert "not validated" in lines[1] and any(line.startswith("  dq-budget: skew 0") for line in lines)
     assert np.array_equal(run.indices, dsquant.compress(fds, ratio=0.5, method="dq-budget", seed=2).indices)
-    other = dsquant.compress(fds, ratio=0.5, method=Validated(candidates=("herding", "dq"), max_per_class=50, pruning_candidates=()), seed=2)
+    other = dsquant.compress(fds, ratio=0.5, method=Validated(fallback="herding", max_per_class=50, pruning_candidates=()), seed=2)
     assert np.array_equal(other.indices, herding(fds.features, len(other.indices), fds.labels))
 
 
@@ -141,6 +161,8 @@ def test_bad_parameters_and_data():
         (dict(max_per_class=-1), "max_per_class: expected a positive"),
         (dict(margin=-0.5), "margin: expected points"),
         (dict(rule="best"), "rule: expected one of paired, margin"),
+        (dict(fallback="adq"), "fallback: 'adq' trains or reads pixels"),
+        (dict(fallback="nope"), "fallback: 'nope' is not a method"),
         (dict(pruning_candidates=("dq", "adq")), "pruning_candidates: 'adq' trains or reads pixels itself; validated takes embedding methods .* and the training-dynamics"),
         (dict(candidates=("dq", "el2n")), "candidates: 'el2n' trains or reads pixels"),
         (dict(pruning_preset="slow"), "pruning_preset: expected one of"),

@@ -342,9 +342,10 @@ def compress(
             ``"adq"``, ``"random"``, ...), built with the shorthand options below (``n_bins``,
             ``alpha``, ``diversity_encoder``, ``representativeness``, ``simclr_options``,
             ``precision``, ``block_size``, ``candidates``) that its constructor takes. Default
-            ``"validated"`` (:class:`~dsquant.methods.Validated`: ``dq-budget`` or ``herding``,
-            whichever trains better on a validation split of the training set; measured best
-            across datasets, docs/selection.md; DQ itself from 500 samples per class).
+            ``"validated"`` (:class:`~dsquant.methods.Validated`: DQ, or ``dq-budget``,
+            ``herding`` or ``herding-drop`` where one trains better on a validation split of the
+            training set with a paired interval above zero; from 500 samples per class DQ, EL2N
+            or CCS the same way; measured best across datasets, docs/selection.md).
         encoder: an encoder object (:class:`dsquant.embed.Encoder`, e.g.
             ``ProxyEncoder(epochs=5)``; a fitted one is used as it is, not trained again), or a
             name of :data:`dsquant.embed.ENCODERS`: for images ``"proxy"`` (default: a small
@@ -374,8 +375,8 @@ def compress(
         representativeness: ADQ's Rep: ``"texture"`` (images), ``"embedding"``, or per-sample
             scores (array or .npy path).
         simclr_options: options of :class:`dsquant.embed.diversity.SimCLREncoder`.
-        candidates: the ``validated`` method's candidates (registered names; default
-            ``dq-budget`` and ``herding``).
+        candidates: the ``validated`` method's candidates at small budgets, the incumbent first
+            (registered names; default ``dq``, ``dq-budget``, ``herding``, ``herding-drop``).
         pruning_candidates: its candidates from 500 samples per class, the incumbent first
             (default ``dq-budget``, ``el2n``, ``ccs``; empty: ``dq-budget`` unvalidated there).
         drop_ratio: pixel quantization: drop this fraction theta of every selected image's

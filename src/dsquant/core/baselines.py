@@ -44,6 +44,7 @@ from .sampling import _cells, budget, split_over_classes
 __all__ = [
     "class_quotas",
     "herding_cell_rank",
+    "herding_drop_last",
     "select_by_score",
     "el2n_scores",
     "last_layer_grad_norm",
@@ -710,6 +711,54 @@ def herding(X, n: int, labels=None, *, n_jobs: int | None = None) -> np.ndarray:
     X, n, pools, quotas = _count_pools(X, n, labels, n_jobs)
     tasks = [(p, int(q)) for p, q in zip(pools, quotas) if q]
     return _finish(_map_pools(lambda t: t[0][_herding_pool(_take(X, t[0]), t[1])], tasks, n_jobs, one_blas_thread=True))
+
+
+def herding_drop_last(X, bins: Sequence[np.ndarray], n: int, labels=None) -> np.ndarray:
+    """Herding per class over every bin but the last: the greedy GraphCut's remainder (the
+    samples it never picked: outliers, atypical and mislabelled ones) is left out, and
+    :func:`herding` picks from the rest of each class, towards the mean of that rest.
+
+    Class quotas are :func:`herding`'s on the whole dataset (:func:`class_quotas`); a class
+    whose quota exceeds its rows outside the last bin herds over all its rows instead (large
+    budgets; never at the small per-class budgets this is for). With one bin nothing is left
+    out: it is :func:`herding` exactly.
+
+    Args:
+        X: (N, d) embedding of the whole dataset, float32 or float64; finite.
+        bins: K int arrays of dataset indices (as from :func:`dsquant.generate_bins`), the last
+            one the greedy's remainder.
+        n: number of samples to select, ``0 <= n <= N``.
+        labels: optional (N,) class labels.
+
+    Returns:
+        Sorted int64 array of ``n`` dataset indices.
+
+    Raises:
+        ValueError: on a bad X, n out of range, or bins that do not fit X.
+
+    Source: dsquant (docs/selection.md, ``herding-drop``; beyond the papers): DQ's bins
+    (Zhou et al., ICCV 2023) and herding as :func:`herding`.
+    """
+    X = _check_embedding(X)
+    N = X.shape[0]
+    labels = _check_labels(labels, N)
+    n = _check_count(n, N)
+    bins = [np.asarray(b, dtype=np.int64) for b in bins]
+    if not bins or any(len(b) and (b.min() < 0 or b.max() >= N) for b in bins):
+        raise ValueError(f"bins: expected at least one bin of dataset indices in [0, {N}) of X's rows")
+    out_of_last = np.zeros(N, dtype=bool)
+    if len(bins) > 1:
+        out_of_last[np.concatenate(bins[:-1])] = True
+    else:
+        out_of_last[:] = True
+    pools = _pools(labels, N)
+    picks = []
+    for pool, q in zip(pools, _quotas(n, [len(p) for p in pools])):
+        kept = pool[out_of_last[pool]]
+        rows = kept if len(kept) >= q else pool
+        if q:
+            picks.append(rows[_herding_pool(_take(X, rows), int(q))])
+    return _finish(picks)
 
 
 def herding_cell_rank(X, bins: Sequence[np.ndarray], bin_counts: Sequence[int], labels=None) -> np.ndarray:

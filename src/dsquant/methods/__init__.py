@@ -6,6 +6,7 @@
 | ``dq`` | :class:`DQ` | GraphCut bins + the same fraction of every bin |
 | ``adq`` | :class:`ADQ` | DQ's bins, per-bin shares from importance and size |
 | ``dq-budget`` | :class:`DQBudget` | DQ's bins, shares that follow the budget (dsquant) |
+| ``herding-drop`` | :class:`HerdingDrop` | herding over DQ's bins but the last (dsquant) |
 | ``kcenter`` | :class:`KCenterGreedy` | k-center greedy in the embedding |
 | ``herding`` | :class:`Herding` | running mean closest to the class mean |
 | ``facility-location`` | :class:`FacilityLocation` | submodular facility location |
@@ -28,14 +29,14 @@ import inspect
 
 from .base import Context, Selection, SelectionMethod, check_int, check_unit
 from .baselines import FacilityLocation, Herding, KCenterGreedy, ModerateDS, Prototypes
-from .budget import DQBudget
+from .budget import DQBudget, HerdingDrop
 from .dq import ADQ, DQ, Random
 from .dynamics import CCS, DYNAMICS_METHODS, EL2N, Entropy, Forgetting, GraNd, LeastConfidence, Margin
 from .validated import Validated
 
-__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "DYNAMICS_METHODS", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "Validated", "check_int", "check_unit", "make_method", "register_method"]
+__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "DYNAMICS_METHODS", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "HerdingDrop", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "Validated", "check_int", "check_unit", "make_method", "register_method"]
 
-METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Validated, Random, KCenterGreedy, Herding, FacilityLocation, ModerateDS, Prototypes, *DYNAMICS_METHODS)}
+METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Validated, Random, KCenterGreedy, Herding, HerdingDrop, FacilityLocation, ModerateDS, Prototypes, *DYNAMICS_METHODS)}
 """Every selection method by name, in the order reports list them after ``random``."""
 
 

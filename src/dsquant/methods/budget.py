@@ -21,12 +21,12 @@ import math
 
 import numpy as np
 
-from ..core.baselines import herding_cell_rank
+from ..core.baselines import herding_cell_rank, herding_drop_last
 from ..core.sampling import budget, sample_with_counts, skewed_bin_counts
 from .base import Context, Selection
 from .dq import DQ
 
-__all__ = ["DQBudget", "RULES", "budget_rule"]
+__all__ = ["DQBudget", "HerdingDrop", "RULES", "budget_rule"]
 
 ORDERS = ("uniform", "greedy", "herding")
 
@@ -156,3 +156,29 @@ class DQBudget(DQ):
         if not r:
             return []
         return ["", f"  dq-budget: skew {r['skew']:.3g}, drop last bin {r['drop_last']}, order {r['order']} ({r['per_class']} per class, {r.get('embedding', 'proxy')} rule {r.get('rule', 1)})"]
+
+
+class HerdingDrop(DQ):
+    """Herding per class over DQ's bins but the last (docs/selection.md, ``herding-drop``;
+    beyond the papers; :func:`dsquant.core.baselines.herding_drop_last`).
+
+    DQ's last bin is what the greedy GraphCut never picked: a class's outliers, atypical and
+    mislabelled samples. At small budgets herding's picks of the typical samples train better
+    than random, and leaving the remainder out first keeps an outlier from being picked to pull
+    the running mean towards it. Deterministic given the bins (the seed is not used).
+
+    Args:
+        n_bins, precision, block_size: as :class:`~dsquant.methods.DQ` (K = 1 is herding).
+
+    Raises:
+        ValueError: naming the parameter, on a bad value.
+    """
+
+    name = "herding-drop"
+    summary = "herding per class over DQ's bins but the last (the GraphCut's remainder: outliers) (dsquant)"
+
+    def select(self, ctx: Context) -> Selection:
+        total = budget(ctx.ratio, len(ctx.dataset))
+        bins = self.bins(ctx)
+        indices = ctx.timed("sample", herding_drop_last, ctx.embedding().features, bins, total, ctx.labels)
+        return Selection(indices, bins)

@@ -7,10 +7,11 @@ dataset favours was not predictable from a rule frozen on other datasets. ``Vali
 data: it holds out a class-balanced slice of the training set (1/6 by default, seed 0), runs
 every candidate method on the rest (the *pool*) at the run's per-class budget, trains a small
 model on each candidate's pool selection and tests it on the held-out slice, and then runs the
-first candidate on the whole training set unless another one was more than a margin better.
-From ``max_per_class`` per class (the pruning regime) the candidates are DQ and the hard-first
-scores EL2N and CCS, the model trains with the ``pruning`` preset, and a rival must win by a
-paired interval above zero. Nothing of a test split is read. The choice, every validation accuracy and the time spent are in the manifest.
+first candidate (DQ, which ties random by design) on the whole training set unless another one
+beat it on the held-out slice with a paired 95 % interval above zero. From ``max_per_class`` per
+class (the pruning regime) the candidates are DQ and the hard-first scores EL2N and CCS, and the
+model trains with the ``pruning`` preset. Nothing of a test split is read. The choice, every
+validation accuracy and the time spent are in the manifest.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ __all__ = ["Validated", "choose"]
 
 RULES = ("paired", "margin")  # how validation accuracies become a choice (:func:`choose`)
 
-VERSION = 2  # of the validation protocol: cached choices of another version are not reused
-# (2: the pruning regime is validated too, with its own candidates and the paired rule)
+VERSION = 3  # of the validation protocol: cached choices of another version are not reused
+# (2: the pruning regime is validated too, with its own candidates and the paired rule; 3: small
+# budgets too take the paired rule, with DQ as the incumbent and herding-drop as a candidate,
+# chosen by nested validation, benchmarks/validation_rule.py)
 
 
 class _PoolContext(Context):
@@ -53,39 +56,42 @@ class Validated(SelectionMethod):
        run per seed 0 .. ``n_seeds`` - 1, and is tested on the held-out slice
        (:func:`dsquant.evaluate.train_and_test`); on text and given features, a logistic
        regression on the embedding (:func:`dsquant.evaluate.text.logreg_accuracy`);
-    4. the first candidate (the incumbent, ``dq-budget`` by default) selects from the whole
-       training set with the run's seed, unless the best of the others has a mean validation
-       accuracy more than ``margin`` points above the incumbent's: then that one does.
+    4. the first candidate (the incumbent, ``dq`` by default: it ties random by design)
+       selects from the whole training set with the run's seed, unless a rival's paired gain
+       over it (the same training seed, rival minus incumbent, over the ``n_seeds`` trainings)
+       has a 95 % t interval above zero; of several such rivals the one with the highest mean
+       (:func:`choose`, ``rule="paired"``). ``rule="margin"`` (version 2's) takes the best rival
+       when its mean is more than ``margin`` points above the incumbent's instead.
 
     **The pruning regime** (``max_per_class`` or more per class) has its own candidates,
     ``pruning_candidates`` (default ``dq-budget``, which is DQ there, then ``el2n`` and ``ccs``:
     the hard-first scores that beat random at large keep ratios, docs/evaluation.md), its own
-    training preset ``pruning_preset`` and its own rule: a rival replaces the incumbent only
-    when its paired gain (the same training seed, rival minus incumbent, over the ``n_seeds``
-    trainings) has a 95 % t interval above zero; of several such rivals the one with the
-    highest mean. Differences there are tenths of a point, under any fixed margin, so the rule
-    asks for evidence instead; with one seed there is no interval, and where every paired
-    difference is the same (seed-independent selections scored by the deterministic regression
-    of text and features) the interval is a point: the incumbent stays in both cases. The
+    training preset ``pruning_preset``, and always the paired rule (differences there are
+    tenths of a point, under any fixed margin). With one seed there is no interval, and where
+    every paired difference is the same (seed-independent selections scored by the
+    deterministic regression of text and features) the interval is a point: the incumbent
+    stays in both cases. The
     training-dynamics candidates score the whole training set once (:meth:`dynamics
     <dsquant.methods.dynamics.EL2N.dynamics>`, cached) and select from the pool on the pool's
     rows of those scores, as the embedding candidates do on the pool's rows of the embedding.
 
-    The first candidate is used unvalidated (:meth:`skip_reason`, recorded in the manifest) on
-    unlabelled data, on streamed images, where classes are too small to hold a split out, and
-    in the pruning regime when ``pruning_candidates`` is empty. The choice depends
+    ``fallback`` (default ``dq-budget``) is used unvalidated (:meth:`skip_reason`, recorded in
+    the manifest) on unlabelled data, on streamed images, where classes are too small to hold a
+    split out, and in the pruning regime when ``pruning_candidates`` is empty. The choice depends
     on the embedding and the budget only (and the ``proxy_seed`` the training-dynamics
     candidates train with), so it is cached with them (``kind`` ``validation``): a benchmark's
     seeds validate once.
 
     Args:
-        candidates: registered method names, at least one; methods that read pixels or train
-            (ADQ, the training-dynamics scores) are refused.
+        candidates: registered method names, the incumbent first, at least one; methods that
+            read pixels or train (ADQ, the training-dynamics scores) are refused.
         n_seeds: validation trainings per candidate (seeds 0 .. n_seeds - 1).
+        rule: ``"paired"`` (default) or ``"margin"``: how small budgets choose (:func:`choose`;
+            the pruning regime is always paired). Chosen by nested validation, no test split
+            (docs/selection.md, ``benchmarks/validation_rule.py``).
         margin: points of mean validation accuracy by which another candidate must beat the
-            first to replace it, in [0, 100) (default 1: the validation model, an MLP, is not
-            the model users train, and differences within about a point were noise on
-            CIFAR-10's and Fashion-MNIST's validation splits, docs/selection.md).
+            first to replace it under ``rule="margin"``, in [0, 100).
+        fallback: the registered method used where nothing can be validated (above).
         fraction: share of every class held out, in (0, 1).
         split_seed: seed of the held-out slice.
         arch, preset: the model and training preset of step 3 (images).
@@ -103,16 +109,17 @@ class Validated(SelectionMethod):
     """
 
     name = "validated"
-    summary = "dq-budget, or a candidate that trains better on a validation split of the training set (herding at small budgets; EL2N, CCS when pruning), per dataset and budget (dsquant)"
+    summary = "DQ, or a candidate that trains better on a validation split of the training set with a paired interval above zero (dq-budget, herding, herding-drop at small budgets; EL2N, CCS when pruning), per dataset and budget (dsquant)"
     # on images in memory it trains on the pool's pixels (and, pruning, the dynamics on the whole
     # set's); streamed images and unlabelled data take the first candidate unvalidated
     # (skip_reason), so it runs wherever that one does
     needs_pixels = False
 
-    def __init__(self, candidates=("dq-budget", "herding"), n_seeds: int = 5, rule: str = "margin", margin: float = 1.0, fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
+    def __init__(self, candidates=("dq", "dq-budget", "herding", "herding-drop"), n_seeds: int = 5, rule: str = "paired", margin: float = 1.0, fallback: str = "dq-budget", fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
         from . import make_method
 
         self.candidates = _check_candidates("candidates", candidates, self.name, dynamics=False)
+        self.fallback = _check_candidates("fallback", (fallback,), self.name, dynamics=False)[0]
         self.pruning_candidates = _check_candidates("pruning_candidates", pruning_candidates, self.name, dynamics=True) if pruning_candidates is not None and len(pruning_candidates) else ()
         self.n_seeds = check_int("n_seeds", n_seeds)
         try:
@@ -144,19 +151,20 @@ class Validated(SelectionMethod):
         self.n_bins = check_int("bins", n_bins)
         opts = {"n_bins": n_bins, "precision": precision, "block_size": block_size}
         self._methods = [make_method(c, **opts) for c in self.candidates]
+        self._fallback = next((m for m in self._methods if m.name == self.fallback), None) or make_method(self.fallback, **opts)
         self._pruning = [make_method(c, **opts) for c in self.pruning_candidates]
 
     def config(self) -> dict:
         return {
             "n_bins": self.n_bins,
             "candidates": {m.name: m.config() for m in self._methods},
-            "n_seeds": self.n_seeds, "rule": self.rule, "margin": self.margin, "fraction": self.fraction, "split_seed": self.split_seed,
+            "n_seeds": self.n_seeds, "rule": self.rule, "margin": self.margin, "fallback": self._fallback.config() | {"name": self.fallback}, "fraction": self.fraction, "split_seed": self.split_seed,
             "arch": self.arch, "preset": self.preset, "max_per_class": self.max_per_class,
             "pruning_candidates": {m.name: m.config() for m in self._pruning}, "pruning_preset": self.pruning_preset, "version": VERSION,
         }
 
     def check(self, dataset) -> None:
-        for m in self._methods:
+        for m in [*self._methods, self._fallback]:
             m.check(dataset)
 
     def regime(self, dataset, ratio: float) -> str:
@@ -275,7 +283,7 @@ class Validated(SelectionMethod):
         n = len(ctx.dataset)
         reason = self.skip_reason(ctx.dataset, ctx.ratio)
         if reason is not None:
-            result = {"chosen": self.candidates[0], "validated": False, "reason": reason}
+            result = {"chosen": self.fallback, "validated": False, "reason": reason}
         else:
             ctx.embedding()
             key = ctx.embedding_record.get("key")
@@ -294,7 +302,7 @@ class Validated(SelectionMethod):
                     ctx.cache.save("validation", key, {"result": Cache.pack_json(result)})
                 result = {**result, "cached": False}
             result["validated"] = True
-        method = {m.name: m for m in self._pruning + self._methods}[result["chosen"]]
+        method = {m.name: m for m in [self._fallback, *self._pruning, *self._methods]}[result["chosen"]]
         selection = method.select(ctx)
         record = {**result, "record": selection.record}
         return Selection(selection.indices, selection.bins, record)

@@ -51,22 +51,14 @@ RULES = {
 
 
 def choose(acc: dict, incumbent: str, rivals, kind: str, margin: float = 1.0) -> str:
-    """The rule's choice from per-seed accuracies (fractions) ``acc[name] = [...]``."""
-    from dsquant.evaluate.stats import paired_difference
+    """The rule's choice from per-seed accuracies (fractions) ``acc[name] = [...]``: ``"best"``
+    the highest mean, else :func:`dsquant.methods.validated.choose` (``"paired"``, ``"margin"``)."""
+    from dsquant.methods.validated import choose as rule_choice
 
-    mean = {k: float(np.mean(v)) for k, v in acc.items()}
     names = [incumbent, *rivals]
     if kind == "best":
-        return max(names, key=lambda k: (mean[k], -names.index(k)))
-    if kind == "margin":
-        best = max(rivals, key=lambda k: (mean[k], -names.index(k)))
-        return best if 100 * (mean[best] - mean[incumbent]) > margin else incumbent
-    proven = []
-    for k in rivals:
-        d = paired_difference(acc[k], acc[incumbent])
-        if d.low > 0.0 and d.high > d.low:
-            proven.append(k)
-    return max(proven, key=lambda k: (mean[k], -names.index(k))) if proven else incumbent
+        return max(names, key=lambda k: (float(np.mean(acc[k])), -names.index(k)))
+    return rule_choice(acc, names, kind, margin)[0]
 
 
 def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+HEADER = ("data", "per_class", "level", "candidate", "seed", "accuracy")
 CANDIDATES = ("random", "dq", "dq-budget", "herding")  # herding-drop: a second run, --candidates herding-drop
 
 # name: (incumbent, rivals, kind); kind "margin" (mean more than 1 point above the incumbent's)
@@ -63,18 +64,24 @@ def choose(acc: dict, incumbent: str, rivals, kind: str, margin: float = 1.0) ->
 
 def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) -> None:
     from dsquant import compress
-    from dsquant.core.sampling import validation_indices
-    from dsquant.embed.base import Embedding
+    from dsquant.cache import Cache
+    from dsquant.data import read_dataset
+    from dsquant.evaluate.protocols import per_class_ratio
     from dsquant.methods.base import Selection, SelectionMethod
     from dsquant.methods.validated import Validated, _PoolContext, _subset
 
     rows_out: list[list] = []
     done = set()
-    if out.exists():
+    if out.exists():  # resume a run of this script; anything else is left alone
+        if not out.is_file():
+            raise SystemExit(f"{out}: exists and is not a file; choose another --out")
         with open(out) as f:
-            for r in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            if reader.fieldnames != list(HEADER):
+                raise SystemExit(f"{out}: exists and is not this script's CSV (header {','.join(HEADER)}); choose another --out")
+            for r in reader:
                 done.add(float(r["per_class"]))
-                rows_out.append([r[k] for k in ("data", "per_class", "level", "candidate", "seed", "accuracy")])
+                rows_out.append([r[k] for k in HEADER])
 
     class Probe(SelectionMethod):
         """Runs the study inside compress (so the embedding is the cached default proxy's);
@@ -86,17 +93,12 @@ def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) 
             self.m = m
 
         def select(self, ctx):
-            n = len(ctx.dataset)
             v = Validated(candidates=candidates, n_seeds=n_seeds)
             t = time.perf_counter()
             outer = v.validate(ctx)["accuracy"]
-            held = validation_indices(ctx.labels, v.fraction, v.split_seed)
-            rows = np.setdiff1d(np.arange(n), held)
-            full = ctx.embedding()
-            emb = Embedding(np.asarray(full.features)[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+            _, rows, emb = v.split(ctx)  # validated's pool, split again inside validate below
             pool = _subset(ctx.dataset, rows)
-            n_classes = len(np.unique(ctx.labels))
-            inner_ctx = _PoolContext(ctx, pool, emb, self.m * n_classes / len(rows), 0)
+            inner_ctx = _PoolContext(ctx, pool, emb, per_class_ratio(self.m, pool), 0)
             inner = v.validate(inner_ctx)["accuracy"]
             print(f"{data} {self.m:g}/class: {time.perf_counter() - t:.0f} s", flush=True)
             for level, acc in (("inner", inner), ("outer", outer)):
@@ -106,16 +108,16 @@ def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) 
             _, first = np.unique(ctx.labels, return_index=True)
             return Selection(np.sort(first).astype(np.int64))
 
+    train = read_dataset(data, cache=Cache())
     for m in per_class:
         if m in done:
             print(f"{m:g}/class: in {out}, skipped")
             continue
-        n_train = 60000 if "fashion" in data else 50000
-        compress(data, ratio=m * 10 / n_train, method=Probe(m), seed=0, proxy_seed=0, progress=False)
+        compress(train, ratio=per_class_ratio(m, train), method=Probe(m), seed=0, proxy_seed=0, progress=False)
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["data", "per_class", "level", "candidate", "seed", "accuracy"])
+            w.writerow(HEADER)
             w.writerows(rows_out)
         os.replace(tmp, out)
 

@@ -99,7 +99,7 @@ class Validated(SelectionMethod):
             rule apply.
         pruning_candidates: registered names, the incumbent first; embedding methods and the
             training-dynamics scores (``el2n``, ``ccs``, ...). Empty or None: the pruning regime
-            takes the first of ``candidates`` unvalidated (version 1's behaviour).
+            takes ``fallback`` unvalidated (version 1's behaviour).
         pruning_preset: the training preset of step 3 in the pruning regime (images).
         n_bins, precision, block_size: passed to the candidates that take them.
 
@@ -111,7 +111,7 @@ class Validated(SelectionMethod):
     name = "validated"
     summary = "DQ, or a candidate that trains better on a validation split of the training set with a paired interval above zero (dq-budget, herding, herding-drop at small budgets; EL2N, CCS when pruning), per dataset and budget (dsquant)"
     # on images in memory it trains on the pool's pixels (and, pruning, the dynamics on the whole
-    # set's); streamed images and unlabelled data take the first candidate unvalidated
+    # set's); streamed images and unlabelled data take ``fallback`` unvalidated
     # (skip_reason), so it runs wherever that one does
     needs_pixels = False
 
@@ -179,8 +179,7 @@ class Validated(SelectionMethod):
         """Why the run cannot (or need not) be validated, or None: no labels, streamed images
         (the validation model trains in memory), a per-class budget at or above
         ``max_per_class`` with no ``pruning_candidates``, or classes too small to hold out a
-        split that the regime's candidates can still bin. The first of ``candidates`` is then
-        used as it is."""
+        split that the regime's candidates can still bin. ``fallback`` is then used as it is."""
         if getattr(dataset, "labels", None) is None:
             return "no labels: nothing to validate against"
         if getattr(dataset, "streamed", False):
@@ -201,32 +200,41 @@ class Validated(SelectionMethod):
             return f"{per_class:.4g} per class does not fit the validation pool ({len(rows)} samples)"
         return None
 
+    def split(self, ctx: Context) -> tuple:
+        """``(held, rows, pool_embedding)``: the (V,) held-out and (P,) pool indices into the
+        run's dataset (sorted int64; ``validation_indices`` with ``fraction`` and
+        ``split_seed``), and the pool's rows of the run's embedding (nothing is embedded
+        again)."""
+        from ..embed.base import Embedding
+
+        held = validation_indices(ctx.labels, self.fraction, self.split_seed)
+        rows = np.setdiff1d(np.arange(len(ctx.dataset)), held)
+        full = ctx.embedding()
+        features = np.asarray(full.features)
+        return held, rows, Embedding(features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+
     def validate(self, ctx: Context) -> dict:
         """Every candidate's validation accuracies at the run's per-class budget:
         ``{"accuracy": {name: [per seed]}, "mean": {name: mean}, "chosen": name, "regime":
-        "lowbudget" | "pruning", "rule": ..., "pool": P, "validation": V, "per_class": m,
-        "seconds": s}``; in the pruning regime also ``"gain"``: per rival, the mean paired gain
-        over the incumbent and its 95 % interval, ``[mean, low, high]`` (fractions)."""
+        "lowbudget" | "pruning", "rule": ..., "gain": ..., "pool": P, "validation": V,
+        "per_class": m, "seconds": s}``; ``"gain"``: per rival, the mean paired gain over the
+        incumbent and its 95 % interval, ``[mean, low, high]`` (fractions; :func:`choose`)."""
         n = len(ctx.dataset)
         n_classes = len(np.unique(ctx.labels))
         per_class = budget(ctx.ratio, n) / n_classes
         regime = self.regime(ctx.dataset, ctx.ratio)
         methods = self._regime_methods(regime)
         preset = self.pruning_preset if regime == "pruning" else self.preset
-        held = validation_indices(ctx.labels, self.fraction, self.split_seed)
-        rows = np.setdiff1d(np.arange(n), held)
+        held, rows, pool_emb = self.split(ctx)
         pool, val = _subset(ctx.dataset, rows), _subset(ctx.dataset, held)
         # small budgets: the run's samples per class; pruning: the run's keep ratio of the pool
         ratio = ctx.ratio if regime == "pruning" else per_class * n_classes / len(rows)
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio: {per_class:g} per class does not fit the validation pool ({len(rows)} samples); use a smaller ratio or method dq-budget")
         images = getattr(ctx.dataset, "kind", "") == "images"
-        from ..embed.base import Embedding
         from .dynamics import _DynamicsMethod
 
-        full = ctx.embedding()
-        features = np.asarray(full.features)
-        pool_emb = Embedding(features[rows], None if full.delta is None else full.delta[rows], full.kind, full.info)
+        features = np.asarray(ctx.embedding().features)
         pool_labels = np.asarray(ctx.labels)[rows]
         t = time.perf_counter()
         for method in methods:  # the whole set's dynamics, once (kept in ctx for the final selection)

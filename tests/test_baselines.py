@@ -23,6 +23,8 @@ from dsquant.core.baselines import (
     prototype_scores,
     prototype_select,
     select_by_score,
+    typicality,
+    typiclust,
 )
 
 from reference import (
@@ -435,3 +437,79 @@ def test_threads_do_not_change_the_result(rng):
     assert np.array_equal(kcenter_greedy(X, 30, seed=2, labels=labels, n_jobs=1), kcenter_greedy(X, 30, seed=2, labels=labels, n_jobs=3))
     assert np.array_equal(herding(X, 30, labels, n_jobs=1), herding(X, 30, labels, n_jobs=3))
     assert np.array_equal(facility_location(X, 30, labels, n_jobs=1), facility_location(X, 30, labels, n_jobs=3))
+
+
+# --- TypiClust -------------------------------------------------------------------------------
+
+
+def _naive_typicality(X, k):
+    d = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return np.array([1.0 / (np.sort(row)[:k].mean() + 1e-5) for row in d])
+
+
+def test_typicality_hand_computed_and_against_naive(rng):
+    # points 0, 1, 3 on a line, k = 1: nearest distances 1, 1, 2
+    X = np.array([[0.0], [1.0], [3.0]])
+    assert np.allclose(typicality(X, 1), [1 / (1 + 1e-5), 1 / (1 + 1e-5), 1 / (2 + 1e-5)])
+    # k = 2: mean distances (1 + 3) / 2 = 2, (1 + 2) / 2 = 1.5, (2 + 3) / 2 = 2.5
+    assert np.allclose(typicality(X, 2), [1 / (2 + 1e-5), 1 / (1.5 + 1e-5), 1 / (2.5 + 1e-5)])
+    assert np.allclose(typicality(X, 0), 1e5)
+    Y = rng.standard_normal((70, 5))
+    assert np.allclose(typicality(Y, 20), _naive_typicality(Y, 20))
+    assert np.allclose(typicality(Y.astype(np.float32), 7), _naive_typicality(Y, 7), rtol=1e-5)
+    with pytest.raises(ValueError, match="k: expected 0 <= k <= 2"):
+        typicality(X, 3)
+
+
+def _blob(center, rng, n=13, scale=0.1):
+    return center + scale * rng.standard_normal((n, len(center)))
+
+
+def test_typiclust_takes_the_most_typical_of_every_cluster(rng):
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    blobs = [_blob(c, rng) for c in centers]
+    X = np.vstack(blobs)
+    # three far-apart blobs of 13: k-means finds them from any start; each gives its sample of
+    # highest typicality with min(20, 13 // 2) = 6 neighbours (naive)
+    want = [13 * i + int(np.argmax(_naive_typicality(b, 6))) for i, b in enumerate(blobs)]
+    for seed in range(5):
+        assert typiclust(X, 3, seed=seed).tolist() == want
+    # q = 1: one cluster of all 39, min(20, 39 // 2) = 19 neighbours
+    assert typiclust(X, 1, seed=0).tolist() == [int(np.argmax(_naive_typicality(X, 19)))]
+    # per class (blobs 0 and 1 are class 0): quotas as herding's, two clusters in class 0
+    labels = np.repeat([0, 0, 1], 13)
+    got = typiclust(X, 3, labels, seed=0)
+    assert np.bincount(labels[got]).tolist() == class_quotas(3, labels).tolist() == [2, 1]
+    assert got.tolist()[:2] == want[:2]
+    # max_clusters 3 and q = 6: two rounds over the three clusters; the second gives the most
+    # typical of what is left (its typicality among the 12 left, 6 neighbours)
+    b0 = blobs[0]
+    first = int(np.argmax(_naive_typicality(b0, 6)))
+    rest = np.delete(np.arange(13), first)
+    second = int(rest[np.argmax(_naive_typicality(b0[rest], 6))])
+    assert sorted(set(typiclust(X, 6, seed=0, max_clusters=3).tolist()) & set(range(13))) == sorted([first, second])
+    # the same seed, the same indices; q >= the pool keeps it whole
+    assert np.array_equal(typiclust(X, 9, seed=4), typiclust(X, 9, seed=4))
+    assert typiclust(X, 39, seed=0).tolist() == list(range(39))
+
+
+def test_typiclust_skips_small_clusters_and_falls_back(rng):
+    # a blob of 13 and a pair of outliers far away: with q = 2, k-means puts the pair in a
+    # cluster of its own (2 <= min_cluster_size 5), which is skipped: both picks come from the
+    # blob, its most typical sample and then the most typical of the 12 left (naive, 6
+    # neighbours: min(20, 12 // 2))
+    X = np.vstack([_blob(np.zeros(2), rng), [[50.0, 50.0], [50.5, 50.0]]])
+    first = int(np.argmax(_naive_typicality(X[:13], 6)))
+    rest = np.delete(np.arange(13), first)
+    second = int(rest[np.argmax(_naive_typicality(X[rest], 6))])
+    assert typiclust(X, 2, seed=0).tolist() == sorted([first, second])
+    # with the small clusters kept, one pick comes from each cluster (k = 2 // 2 = 1: a tie, the
+    # lower index)
+    assert typiclust(X, 2, seed=0, min_cluster_size=0).tolist() == [first, 13]
+    # a budget the large clusters cannot hold uses every cluster: 14 of 15
+    assert len(set(typiclust(X, 14, seed=0).tolist())) == 14
+    for bad, pattern in [({"k_neighbors": 0}, "k_neighbors"), ({"min_cluster_size": -1}, "min_cluster_size"),
+                         ({"max_clusters": 0}, "max_clusters")]:
+        with pytest.raises(ValueError, match=pattern):
+            typiclust(X, 2, seed=0, **bad)

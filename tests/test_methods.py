@@ -129,6 +129,7 @@ def test_public_api_at_the_top_level():
         ("facility-location", lambda X, n, y, r: B.facility_location(X, n, y)),
         ("moderate-ds", lambda X, n, y, r: B.moderate_ds(X, r, y)),
         ("prototypes", lambda X, n, y, r: B.prototype_select(X, r, y, n_clusters=10, seed=7)),
+        ("typiclust", lambda X, n, y, r: B.typiclust(X, n, y, seed=7)),
     ],
 )
 def test_baseline_methods_are_their_core_functions_on_the_run(method, core):

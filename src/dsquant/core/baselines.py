@@ -15,7 +15,8 @@ training dynamics take the arrays a training loop records; the loop itself lives
   :func:`herding` (Welling 2009; the running-mean rule of iCaRL / DeepCore),
   :func:`facility_location` (CRAIG-style greedy, Mirzasoleiman et al. 2020),
   :func:`moderate_ds` (Xia et al. 2023), :func:`prototype_scores` and
-  :func:`prototype_select` (Sorscher et al. 2022).
+  :func:`prototype_select` (Sorscher et al. 2022), :func:`typiclust` and :func:`typicality`
+  (Hacohen, Dekel & Weinshall 2022).
 
 Budgets and class balance follow :func:`dsquant.core.sampling.sample_uniform` exactly: a keep
 ratio gives ``budget(ratio, N) = round(ratio * N)`` samples; with ``labels``, a total is split
@@ -59,6 +60,8 @@ __all__ = [
     "moderate_ds",
     "prototype_scores",
     "prototype_select",
+    "typiclust",
+    "typicality",
     "ccs_sample",
 ]
 
@@ -1149,6 +1152,118 @@ def prototype_select(
     budget(ratio, 1)  # validate the ratio before the clustering
     scores = prototype_scores(X, labels, n_clusters=n_clusters, seed=seed, metric=metric)
     return select_by_score(scores, ratio, labels, largest=keep == "hard")
+
+
+# ---------------------------------------------------------------------------------------------
+# TypiClust
+
+
+def typicality(X, k: int) -> np.ndarray:
+    """Typicality of every row: the inverse of its mean euclidean distance to its ``k`` nearest
+    other rows, ``1 / (mean_{j in kNN(i)} ||x_i - x_j||_2 + 1e-5)``.
+
+    Args:
+        X: (n, d) embedding, float32 or float64; finite.
+        k: neighbours, ``0 <= k < n``; with ``k = 0`` every row's typicality is ``1e5``.
+
+    Returns:
+        (n,) float64 typicalities (higher = in a denser region).
+
+    Raises:
+        ValueError: on a bad X or k out of range.
+
+    Source: Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit
+    High and Low Budgets", ICML 2022, Eq. (1) (the +1e-5 guards duplicates, as their code).
+    """
+    X = _check_embedding(X)
+    n = X.shape[0]
+    k = _check_count(k, max(n - 1, 0), "k")
+    if k == 0:
+        return np.full(n, 1e5)
+    X64 = X.astype(np.float64)
+    sq = _sq_norms(X64)
+    out = np.empty(n)
+    step = max(1, _BLOCK_BYTES // (max(n, 1) * 8))
+    for s in range(0, n, step):  # a block of rows against all rows, float64
+        d2 = sq[s : s + step, None] + sq[None, :] - 2.0 * (X64[s : s + step] @ X64.T)
+        rows = np.arange(s, min(s + step, n))
+        d2[rows - s, rows] = np.inf  # not its own neighbour
+        near = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[s : s + step] = 1.0 / (np.sqrt(np.maximum(near, 0.0)).mean(axis=1) + 1e-5)
+    return out
+
+
+def _typiclust_pool(Xp: np.ndarray, q: int, rng: np.random.Generator, k_neighbors: int, min_cluster_size: int, max_clusters: int) -> np.ndarray:
+    n = Xp.shape[0]
+    if q >= n:
+        return np.arange(n, dtype=np.int64)
+    _, assign = _kmeans(Xp, min(q, max_clusters), rng, 100, False)
+    sizes = np.bincount(assign, minlength=min(q, max_clusters))
+    order = np.lexsort((np.arange(len(sizes)), -sizes))  # largest first, ties: lower id
+    eligible = order[sizes[order] > min_cluster_size]
+    if sizes[eligible].sum() < q:  # too few large clusters to hold the budget: use them all
+        eligible = order[sizes[order] > 0]
+    members = {int(c): np.flatnonzero(assign == c) for c in eligible}
+    picks: list[int] = []
+    while len(picks) < q:  # round robin over the clusters, largest first
+        for c in eligible:
+            rows = members[int(c)]
+            if len(rows) == 0 or len(picks) == q:
+                continue
+            k = min(k_neighbors, len(rows) // 2)  # small clusters: half of the cluster
+            best = int(np.argmax(typicality(Xp[rows], k)))  # ties: the lowest index
+            picks.append(int(rows[best]))
+            members[int(c)] = np.delete(rows, best)
+    return np.asarray(picks, dtype=np.int64)
+
+
+def typiclust(
+    X, n: int, labels=None, *, seed, k_neighbors: int = 20, min_cluster_size: int = 5, max_clusters: int = 500
+) -> np.ndarray:
+    """TypiClust: k-means into as many clusters as the budget, then the most typical sample of
+    every cluster.
+
+    In every pool (the class, with labels) with quota q (:func:`class_quotas`): k-means
+    (seeded k-means++ and Lloyd's iterations, euclidean) into ``min(q, max_clusters)``
+    clusters; clusters of at most ``min_cluster_size`` samples are left out (all clusters are
+    used when the others cannot hold q); then, round robin over the clusters from the largest
+    (ties: the lower cluster id), each gives the not yet picked sample of highest
+    :func:`typicality` among its not yet picked samples, with ``min(k_neighbors, size // 2)``
+    neighbours. With q >= the pool's size the pool is kept whole.
+
+    Args:
+        X: (N, d) embedding, float32 or float64; finite.
+        n: number of samples to select, ``0 <= n <= N``.
+        labels: optional (N,) class labels (per-class k-means and quotas; the paper clusters
+            the unlabelled pool: the per-class split is dsquant's, as for :func:`herding`).
+        seed: int seed or Generator (k-means++; one Generator, pools in class order).
+        k_neighbors: neighbours of the typicality (the paper's 20), ``>= 1``.
+        min_cluster_size: clusters this small or smaller are skipped (the paper's code: 5).
+        max_clusters: the most clusters per pool (the paper's code: 500).
+
+    Returns:
+        Sorted int64 array of ``n`` dataset indices.
+
+    Raises:
+        ValueError: on a bad X, n out of range or a bad parameter.
+
+    Source: Hacohen, Dekel & Weinshall, ICML 2022, Algorithm 1 (TypiClust, the low-budget
+    strategy), without its self-supervised representation learning: the embedding is the run's.
+    """
+    for name, v, low in (("k_neighbors", k_neighbors, 1), ("min_cluster_size", min_cluster_size, 0), ("max_clusters", max_clusters, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+    X = _check_embedding(X)
+    N = X.shape[0]
+    labels = _check_labels(labels, N)
+    n = _check_count(n, N)
+    rng = _rng(seed)
+    pools = _pools(labels, N)
+    picks = []
+    for p, q in zip(pools, _quotas(n, [len(p) for p in pools])):
+        if q:
+            picks.append(p[_typiclust_pool(_take(X, p), int(q), rng, int(k_neighbors), int(min_cluster_size), int(max_clusters))])
+    return _finish(picks)
 
 
 # ---------------------------------------------------------------------------------------------

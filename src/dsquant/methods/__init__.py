@@ -12,6 +12,7 @@
 | ``facility-location`` | :class:`FacilityLocation` | submodular facility location |
 | ``moderate-ds`` | :class:`ModerateDS` | distance to the class median closest to its median |
 | ``prototypes`` | :class:`Prototypes` | distance to the k-means centroid |
+| ``typiclust`` | :class:`TypiClust` | the most typical sample of budget-many k-means clusters |
 | ``el2n`` | :class:`EL2N` | error L2 norm early in training (Paul et al. 2021) |
 | ``grand`` | :class:`GraNd` | gradient norm early in training (Paul et al. 2021) |
 | ``forgetting`` | :class:`Forgetting` | forgetting events in training (Toneva et al. 2019) |
@@ -28,15 +29,15 @@ from __future__ import annotations
 import inspect
 
 from .base import Context, Selection, SelectionMethod, check_int, check_unit
-from .baselines import FacilityLocation, Herding, KCenterGreedy, ModerateDS, Prototypes
+from .baselines import FacilityLocation, Herding, KCenterGreedy, ModerateDS, Prototypes, TypiClust
 from .budget import DQBudget, HerdingDrop
 from .dq import ADQ, DQ, Random
 from .dynamics import CCS, DYNAMICS_METHODS, EL2N, Entropy, Forgetting, GraNd, LeastConfidence, Margin
 from .validated import Validated
 
-__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "DYNAMICS_METHODS", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "HerdingDrop", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "Validated", "check_int", "check_unit", "make_method", "register_method"]
+__all__ = ["ADQ", "CCS", "DQ", "DQBudget", "DYNAMICS_METHODS", "EL2N", "Entropy", "Forgetting", "GraNd", "LeastConfidence", "Margin", "FacilityLocation", "Herding", "HerdingDrop", "KCenterGreedy", "METHODS", "ModerateDS", "Prototypes", "Context", "Random", "Selection", "SelectionMethod", "TypiClust", "Validated", "check_int", "check_unit", "make_method", "register_method"]
 
-METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Validated, Random, KCenterGreedy, Herding, HerdingDrop, FacilityLocation, ModerateDS, Prototypes, *DYNAMICS_METHODS)}
+METHODS: dict[str, type[SelectionMethod]] = {cls.name: cls for cls in (DQ, ADQ, DQBudget, Validated, Random, KCenterGreedy, Herding, HerdingDrop, FacilityLocation, ModerateDS, Prototypes, TypiClust, *DYNAMICS_METHODS)}
 """Every selection method by name, in the order reports list them after ``random``."""
 
 

@@ -13,7 +13,7 @@ from ..core import baselines as B
 from ..core.sampling import budget
 from .base import Context, Selection, SelectionMethod, check_int
 
-__all__ = ["FacilityLocation", "Herding", "KCenterGreedy", "ModerateDS", "Prototypes"]
+__all__ = ["FacilityLocation", "Herding", "KCenterGreedy", "ModerateDS", "Prototypes", "TypiClust"]
 
 _METRICS = ("cosine", "euclidean")
 
@@ -112,3 +112,27 @@ class Prototypes(SelectionMethod):
 
     def select(self, ctx: Context) -> Selection:
         return Selection(ctx.timed("sample", B.prototype_select, _features(ctx), ctx.ratio, ctx.labels, n_clusters=self.n_clusters, seed=ctx.seed, keep=self.keep, metric=self.metric))
+
+
+class TypiClust(SelectionMethod):
+    """TypiClust, per class (Hacohen, Dekel & Weinshall, ICML 2022;
+    :func:`dsquant.core.baselines.typiclust`): k-means into as many clusters as the class's
+    quota, then the most typical sample (the smallest mean distance to its 20 nearest
+    neighbours) of every cluster. Built for small budgets; the seed seeds k-means.
+
+    Args:
+        k_neighbors: neighbours of the typicality (>= 1; the paper's 20).
+    """
+
+    name = "typiclust"
+    summary = "TypiClust: the most typical sample of each of budget-many k-means clusters (Hacohen et al. 2022)"
+
+    def __init__(self, k_neighbors: int = 20) -> None:
+        self.k_neighbors = check_int("k_neighbors", k_neighbors)
+
+    def config(self) -> dict:
+        return {"k_neighbors": self.k_neighbors}
+
+    def select(self, ctx: Context) -> Selection:
+        n = budget(ctx.ratio, len(ctx.dataset))
+        return Selection(ctx.timed("sample", B.typiclust, _features(ctx), n, ctx.labels, seed=ctx.seed, k_neighbors=self.k_neighbors))

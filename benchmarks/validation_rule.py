@@ -48,6 +48,8 @@ RULES = {
     "paired, dq-budget vs herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "paired"),
     "paired, dq vs dq-budget, herding, herding-drop": ("dq", ("dq-budget", "herding", "herding-drop"), "paired"),
     "best of dq-budget, herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "best"),
+    # with typiclust too (session 12: --candidates typiclust)
+    "paired, dq vs dq-budget, herding, herding-drop, typiclust": ("dq", ("dq-budget", "herding", "herding-drop", "typiclust"), "paired"),
 }
 
 
@@ -130,13 +132,13 @@ def summary(paths: list[str]) -> None:
                 key = (Path(r["data"]).name, float(r["per_class"]))
                 cells.setdefault(key, {}).setdefault(r["level"], {}).setdefault(r["candidate"], []).append(float(r["accuracy"]))
     total = {k: [0.0, 0.0, 0] for k in RULES}  # regret, minus dq, cells below dq
-    shown = (*CANDIDATES, "herding-drop")
+    shown = (*CANDIDATES, "herding-drop", "typiclust")
     print("| data | per class | outer mean: " + ", ".join(shown) + " | " + " | ".join(RULES) + " |")
     print("|---|---|---|" + "---|" * len(RULES))
     for (d, m), lv in sorted(cells.items()):
         inner, outer = lv["inner"], lv["outer"]
         om = {k: 100 * float(np.mean(v)) for k, v in outer.items()}
-        best = max(om[k] for k in ("dq-budget", "herding", "dq", "herding-drop") if k in om)
+        best = max(om[k] for k in ("dq-budget", "herding", "dq", "herding-drop", "typiclust") if k in om)
         line = [d, f"{m:g}", ", ".join(f"{om[k]:.2f}" if k in om else "-" for k in shown)]
         for name, (inc, riv, kind) in RULES.items():
             c = choose(inner, inc, [r for r in riv if r in inner], kind)

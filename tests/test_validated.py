@@ -293,3 +293,43 @@ def test_without_a_cache_the_dynamics_train_once_per_run(monkeypatch):
     fds = _digits_features()
     run = dsquant.compress(fds, ratio=0.8, method=Validated(max_per_class=50, pruning_candidates=("el2n", "ccs")), seed=3, use_cache=False)
     assert run.manifest["validated"]["validated"] and calls == [len(fds)]  # once, on the whole set
+
+
+def test_hundreds_per_class_add_ccs_with_the_large_cut(monkeypatch):
+    """Version 4: from ccs_from per class on images, CCS (class-balanced, hard cut ccs_cutoff)
+    is a small-budget candidate: trained on its pool selection from the whole set's dynamics,
+    and, when chosen, it selects with that cut (not the pruning regime's ccs, cut 0.1)."""
+    from dsquant.cache import Cache
+    from dsquant.core import baselines as B
+    from dsquant.embed import ProxyEncoder, embed
+    from dsquant.evaluate import train_and_test
+    from dsquant.methods import CCS, Context
+    from dsquant.methods import validated as V
+    from dsquant.methods.dynamics import training_dynamics
+
+    ds = dsquant.data.load_digits()
+    m = 10 * 10  # 10 per class
+    method = Validated(n_seeds=1, candidates=("herding",), ccs_from=10, ccs_cutoff=0.5)
+    assert [x.name for x in method._regime_methods("lowbudget", ds, m / len(ds))] == ["herding", "ccs"]
+    assert [x.name for x in method._regime_methods("lowbudget", ds, 90 / len(ds))] == ["herding"]  # 9 per class
+    assert [x.name for x in Validated(ccs_from=None)._regime_methods("lowbudget", ds, m / len(ds))] == ["dq", "dq-budget", "herding", "herding-drop"]
+    assert [x.name for x in method._regime_methods("lowbudget", _digits_features(), m / 1797)] == ["herding"]  # images only
+    monkeypatch.setattr(V, "choose", lambda acc, names, rule, margin: ("ccs", {}))
+    run = dsquant.compress(ds, ratio=m / len(ds), method=method, epochs=1, seed=0)
+    rec = run.manifest["validated"]
+    held = validation_indices(ds.labels, 1 / 6, 0)
+    rows = np.setdiff1d(np.arange(len(ds)), held)
+    pool, val = ds.subset(rows), ds.subset(held)
+    ctx = Context(ds, m / len(ds), 0, make_encoder=lambda: ProxyEncoder(epochs=1, seed=0), embed=embed, cache=Cache())
+    dyn = training_dynamics(ctx, 5, 2)
+    assert all(r["cached"] for r in dyn["runs"])  # the run's dynamics, of the whole set
+    idx = B.ccs_sample(B.el2n_scores(dyn["probs"][:, rows], pool.labels), m / len(rows), pool.labels, n_strata=50, cutoff=0.5, seed=0)
+    assert rec["accuracy"]["ccs"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "lowbudget", seed=0)["accuracy"])]
+    assert rec["chosen"] == "ccs" and rec["regime"] == "lowbudget"
+    whole = B.ccs_sample(B.el2n_scores(dyn["probs"], ds.labels), m / len(ds), ds.labels, n_strata=50, cutoff=0.5, seed=0)
+    assert np.array_equal(run.indices, whole)
+    assert np.array_equal(run.indices, dsquant.compress(ds, ratio=m / len(ds), method=CCS(cutoff=0.5, balance=True), epochs=1, seed=0).indices)
+    with pytest.raises(ValueError, match="ccs_from"):
+        Validated(ccs_from=0)
+    with pytest.raises(ValueError, match="cutoff"):
+        Validated(ccs_cutoff=1.0)

@@ -66,6 +66,13 @@ def test_compress_digits_end_to_end(tmp_path, capsys):
     # 500 per class, so only recorded)
     code, _, _ = run(capsys, "compress", "digits", "--epochs", "1", "--pruning-candidates", "dq", "forgetting", "--out", out, "--overwrite", "--quiet")
     assert code == 0 and list(read_output(out).manifest["parameters"]["method"]["pruning_candidates"]) == ["dq", "forgetting"]
+    assert auto.manifest["parameters"]["method"]["ccs_from"] == 100.0
+    # --ccs-from: from how many per class CCS with the large cut is a candidate (none: never)
+    for flag, want in (("none", None), ("250", 250.0)):
+        code, _, _ = run(capsys, "compress", "digits", "--epochs", "1", "--candidates", "dq", "--ccs-from", flag, "--out", out, "--overwrite", "--quiet")
+        assert code == 0 and read_output(out).manifest["parameters"]["method"]["ccs_from"] == want
+    code, _, stderr = run(capsys, "compress", "digits", "--ccs-from", "-3", "--out", out, "--overwrite", "--quiet")
+    assert code != 0 and "--ccs-from: expected a positive number of samples per class or 'none', got '-3'" in stderr
     code, _, stderr = run(capsys, "compress", "digits", "--epochs", "1", "--pruning-candidates", "adq", "--out", out, "--overwrite", "--quiet")
     assert code != 0 and "adq" in stderr
 

@@ -32,6 +32,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _per_class_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number of samples per class or 'none', got {text!r}")
+    return v
+
+
 def _nonneg_int(text: str) -> int:
     try:
         value = int(text)
@@ -99,6 +111,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
     unchanged (:func:`_cmd_compress`); choices come from the registries."""
     from .embed import ENCODERS
     from .methods import DYNAMICS_METHODS, METHODS, Validated
+    from .methods.validated import CCS_FROM
 
     encoders = "; ".join(f"{n}{':' + c.argument if c.argument else ''} ({'/'.join(c.kinds)}): {c.summary}" for n, c in ENCODERS.items())
     return [
@@ -120,6 +133,7 @@ def _compress_flags() -> list[tuple[tuple[str, ...], dict]]:
         (("--diversity-encoder",), dict(dest="diversity_encoder", choices=["simclr", "proxy"], default="simclr", help="ADQ: encoder of the contrastive diversity score (default simclr)")),
         (("--candidates",), dict(dest="candidates", nargs="+", action="extend", choices=[m for m, c in METHODS.items() if not c.needs_pixels and m != "validated"], metavar="METHOD", help="validated: the methods it chooses between on a validation split of the training set below 500 samples per class, the incumbent first (default dq dq-budget herding herding-drop)")),
         (("--pruning-candidates",), dict(dest="pruning_candidates", nargs="*", action="extend", choices=[m for m, c in METHODS.items() if (not c.needs_pixels or c in DYNAMICS_METHODS) and m != "validated"], metavar="METHOD", help="validated, from 500 samples per class (pruning): the methods it chooses between, the incumbent first (default dq-budget el2n ccs; none: dq-budget unvalidated)")),
+        (("--ccs-from",), dict(dest="ccs_from", type=_per_class_or_none, default=CCS_FROM, metavar="N|none", help="validated, on images: from N samples per class (below 500) CCS keeping the easier samples (half the hardest cut) is a candidate too; it costs the EL2N training dynamics (default 100; none: never)")),
         (("--rep",), dict(dest="representativeness", help="ADQ: representativeness: texture (images, default), embedding, or a .npy of per-sample scores")),
         (("--labels",), dict(dest="labels", help="labels .npy for a .npy feature matrix")),
         (("--split",), dict(dest="split", default="train", help="split to compress (default train)")),

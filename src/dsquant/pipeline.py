@@ -19,6 +19,7 @@ from .core.sampling import budget, check_ratio
 from .artifact import AtomicOutput, Run, check_export, fill_output
 from .methods import Context, SelectionMethod, Validated, make_method
 from .methods.base import check_int
+from .methods.validated import CCS_FROM
 from .data import DataError, TextDataset, detect_format, read_dataset
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ def compress(
     simclr_options: dict | None = None,
     candidates: list[str] | tuple[str, ...] | None = None,
     pruning_candidates: list[str] | tuple[str, ...] | None = None,
+    ccs_from: float | None = CCS_FROM,
     drop_ratio: float | None = None,
     patch: int | None = None,
     reconstructor: str = "inpaint",
@@ -379,6 +381,9 @@ def compress(
             (registered names; default ``dq``, ``dq-budget``, ``herding``, ``herding-drop``).
         pruning_candidates: its candidates from 500 samples per class, the incumbent first
             (default ``dq-budget``, ``el2n``, ``ccs``; empty: ``dq-budget`` unvalidated there).
+        ccs_from: the ``validated`` method's per-class budget from which, on images, CCS with a
+            large hard cut is a candidate too (default 100; None: never; it costs the EL2N
+            training dynamics).
         drop_ratio: pixel quantization: drop this fraction theta of every selected image's
             patches (least important by Grad-CAM++ of the proxy) and store only the kept ones
             in ``out/patches.dsqp``; None keeps whole images. On a streamed dataset it needs an
@@ -447,7 +452,7 @@ def compress(
         from .distributed import _ray
 
         _ray()  # not installed: say so before any work
-    selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size, **({"candidates": tuple(candidates)} if candidates is not None else {}), **({"pruning_candidates": tuple(pruning_candidates)} if pruning_candidates is not None else {}))
+    selector = make_method(method, n_bins=n_bins, alpha=alpha, representativeness=representativeness, diversity_encoder=diversity_encoder, simclr_options=simclr_options, precision=precision, block_size=block_size, **({"candidates": tuple(candidates)} if candidates is not None else {}), **({"pruning_candidates": tuple(pruning_candidates)} if pruning_candidates is not None else {}), ccs_from=ccs_from)
     if drop_ratio is not None:
         from .pixels import n_kept
 

@@ -25,6 +25,8 @@ from .base import Context, Selection, SelectionMethod, check_int
 
 __all__ = ["Validated", "choose"]
 
+CCS_FROM = 100.0  # per class, on images: CCS with the large cut joins the small-budget candidates (version 4)
+
 RULES = ("paired", "margin")  # how validation accuracies become a choice (:func:`choose`)
 
 VERSION = 4  # of the validation protocol: cached choices of another version are not reused
@@ -127,7 +129,7 @@ class Validated(SelectionMethod):
     # (skip_reason), so it runs wherever that one does
     needs_pixels = False
 
-    def __init__(self, candidates=("dq", "dq-budget", "herding", "herding-drop"), n_seeds: int = 5, rule: str = "paired", margin: float = 1.0, fallback: str = "dq-budget", fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", ccs_from: float | None = 100.0, ccs_cutoff: float = 0.5, n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
+    def __init__(self, candidates=("dq", "dq-budget", "herding", "herding-drop"), n_seeds: int = 5, rule: str = "paired", margin: float = 1.0, fallback: str = "dq-budget", fraction: float = 1 / 6, split_seed: int = 0, arch: str = "mlp", preset: str = "lowbudget", max_per_class: float = 500.0, pruning_candidates=("dq-budget", "el2n", "ccs"), pruning_preset: str = "pruning", ccs_from: float | None = CCS_FROM, ccs_cutoff: float = 0.5, n_bins: int = 10, precision: str = "float32", block_size: int | None = None) -> None:
         from . import make_method
 
         self.candidates = _check_candidates("candidates", candidates, self.name, dynamics=False)

@@ -15,6 +15,7 @@ the cache), restricted to the pool's rows, as ``validated`` does.
     python benchmarks/validation_rule.py ../shared/data/fashion-mnist --per-class 1 5 10 50 100 --out /tmp/rule-fmnist.csv
     python benchmarks/validation_rule.py ../shared/data/cifar10/cifar10-jpeg.tar --per-class 1 5 10 50 --out /tmp/rule-cifar.csv
     python benchmarks/validation_rule.py --summary /tmp/rule-fmnist.csv /tmp/rule-cifar.csv
+    python benchmarks/validation_rule.py --summary /tmp/rule-fmnist.csv /tmp/rule-cifar.csv --summary-seeds 3
 
 The CSV has a row per (per_class, level, candidate, seed); ``--summary`` prints every rule's
 choice and outcome per cell and the totals.
@@ -124,11 +125,15 @@ def run(data: str, per_class: list[float], n_seeds: int, out: Path, candidates) 
         os.replace(tmp, out)
 
 
-def summary(paths: list[str]) -> None:
+def summary(paths: list[str], n_seeds: int | None = None) -> None:
+    """Print every rule's choice per cell and the totals; ``n_seeds``: the rules see only the
+    first n seeds' accuracies at the inner level (what a cheaper validator would have seen)."""
     cells: dict = {}
     for p in paths:
         with open(p) as f:
             for r in csv.DictReader(f):
+                if n_seeds is not None and r["level"] == "inner" and int(r["seed"]) >= n_seeds:
+                    continue
                 key = (Path(r["data"]).name, float(r["per_class"]))
                 cells.setdefault(key, {}).setdefault(r["level"], {}).setdefault(r["candidate"], []).append(float(r["accuracy"]))
     total = {k: [0.0, 0.0, 0] for k in RULES}  # regret, minus dq, cells below dq
@@ -162,9 +167,10 @@ def main() -> None:
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     p.add_argument("--out", type=Path)
     p.add_argument("--summary", nargs="+", help="CSV files of earlier runs: print the rules' table")
+    p.add_argument("--summary-seeds", type=int, help="with --summary: the rules see the first N seeds only (a cheaper validator)")
     a = p.parse_args()
     if a.summary:
-        summary(a.summary)
+        summary(a.summary, a.summary_seeds)
         return
     if not a.data or not a.out:
         p.error("DATA and --out are needed to run (or --summary CSV ...)")

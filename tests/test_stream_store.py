@@ -162,9 +162,10 @@ class _RowEncoder:
 
     def __init__(self, n: int, dim: int = 6, seed: int = 0) -> None:
         self.table = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-        self.dim, self.seed, self.calls = dim, seed, []
+        self.dim, self.seed, self.calls, self.config_calls = dim, seed, [], 0
 
     def config(self) -> dict:
+        self.config_calls += 1
         return {"encoder": self.name, "seed": self.seed}
 
     def encode_rows(self, dataset, indices, progress=False, bad=None):
@@ -192,6 +193,10 @@ def test_store_round_trip_resume_and_slices(folder, tmp_path):
     enc.calls.clear()
     r = embed_to_store(ds, enc, out, shard_size=5, dtype="float32")
     assert enc.calls == [list(range(5, 10))] and (r["written"], r["done_before"], r["remaining"]) == (1, 2, 0)
+    # the encoder's config (which may hash its weights) is computed once per run, not per shard
+    enc.config_calls = 0
+    embed_to_store(ds, enc, tmp_path / "whole", shard_size=5, dtype="float32")
+    assert enc.config_calls == 2  # the store's manifest, then the shards' check
 
 
 def test_store_refuses_other_embeddings_and_foreign_directories(folder, tmp_path):

@@ -81,6 +81,7 @@ class _EmbedWorker:
         if hasattr(encoder, "num_workers"):
             encoder.num_workers = 0  # the actor pool is the parallelism
         self.dataset, self.encoder, self.root, self.manifest = dataset, encoder, root, manifest
+        self.config = None  # encoder.config(), once per actor (it may hash the weights)
 
     def shard(self, k: int) -> dict:
         """Embed and write shard ``k``; its record, plus this actor's peak RSS in MB."""
@@ -88,7 +89,9 @@ class _EmbedWorker:
 
         from .embed.store import write_shard
 
-        rec = write_shard(self.root, self.manifest, self.dataset, self.encoder, k)
+        if self.config is None:
+            self.config = self.encoder.config()
+        rec = write_shard(self.root, self.manifest, self.dataset, self.encoder, k, config=self.config)
         return dict(rec, actor_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 

@@ -408,13 +408,15 @@ def pending_shards(root, manifest: dict, shard: tuple[int, int] = (0, 1)) -> tup
     return todo, len(mine) - len(todo)
 
 
-def write_shard(root, manifest: dict, dataset, encoder, k: int, progress: bool = False) -> dict:
+def write_shard(root, manifest: dict, dataset, encoder, k: int, progress: bool = False, config: dict | None = None) -> dict:
     """Embed shard ``k`` of the store at ``root`` and write it (features, then its record, each
     to a temporary name and renamed); returns the record. Any process may run it, on any
-    machine that sees the store: what the Ray engine's actors do."""
+    machine that sees the store: what the Ray engine's actors do. ``config``: this process's
+    ``encoder.config()`` when the caller has it (computing it may hash the weights), checked
+    against the store's."""
     root = Path(root)
     t = time.perf_counter()
-    config = encoder.config()
+    config = encoder.config() if config is None else config
     if hash_key(config) != manifest.get("encoder_hash"):  # e.g. another device resolved another precision
         diff = sorted(k for k in set(config) | set(manifest.get("encoder") or {}) if config.get(k) != (manifest.get("encoder") or {}).get(k))
         raise DataError(f"{root}: this process's encoder differs from the store's ({', '.join(diff) or 'config'}); pin it (for example --precision float32) so every process embeds alike")
@@ -472,8 +474,9 @@ def embed_to_store(dataset, encoder, out, shard_size: int = 10_000, dtype: str =
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
+    config = encoder.config() if todo else None  # once, not per shard
     for k in tqdm(todo, desc="shards", unit="shard", disable=not progress or len(todo) < 2):
-        rec = write_shard(root, manifest, dataset, encoder, k, progress)
+        rec = write_shard(root, manifest, dataset, encoder, k, progress, config)
         if log is not None:
             log(shard_line(rec))
     return store_summary(root, manifest, done, len(todo), time.perf_counter() - t0)

@@ -229,9 +229,16 @@ def test_static_encoder_distils_model2vec_style_and_caches(tiny_sentence_model, 
     centred = naive - naive.mean(0)  # PCA with every component: centring and a rotation, so Gram matrices agree
     assert np.allclose(unscaled @ unscaled.T, centred @ centred.T, atol=1e-4)
 
+    import dsquant.cache
+
+    digests = []
+    real_digest = dsquant.cache.file_digest
+    monkeypatch.setattr(dsquant.cache, "file_digest", lambda path: digests.append(path) or real_digest(path))
     enc = StaticEncoder(f"static:{tiny_sentence_model}")
     texts = ["the cat sat on the mat", "a dog", "stock prices fell sharply"]
     got = enc.encode_texts(texts)
+    hashed = len(digests)
+    assert hashed >= 1 and enc.config() == enc.config() and len(digests) == hashed  # the weights hashed once
     assert enc.info == {"distilled": True, "distill_seconds": enc.info["distill_seconds"]}
     for text, row in zip(texts, got):
         want = vectors[st.tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)

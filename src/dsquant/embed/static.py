@@ -112,6 +112,7 @@ class StaticEncoder(TextEncoder):
         self.device = device
         self.cache_dir = cache_dir
         self._model = None
+        self._config: dict | None = None
         self.info: dict = {}
 
     def _is_model2vec(self) -> bool:
@@ -122,13 +123,17 @@ class StaticEncoder(TextEncoder):
             return False
 
     def config(self) -> dict:
+        """What the embedding depends on, the weights by content (hashed once per encoder)."""
         from ..cache import file_digest
         from .text import SentenceEncoder
 
-        if self._is_model2vec():
-            return {"encoder": self.name, "model2vec": str(Path(self.source).resolve()), "weights": file_digest(Path(self.source) / "model.safetensors")}
-        base = SentenceEncoder(self.source, precision="float32", device="cpu").config()
-        return {"encoder": self.name, "distilled_from": base, "pca_dims": 256, "sif": 1e-4, "recipe": "model2vec-mean3"}
+        if self._config is None:
+            if self._is_model2vec():
+                self._config = {"encoder": self.name, "model2vec": str(Path(self.source).resolve()), "weights": file_digest(Path(self.source) / "model.safetensors")}
+            else:
+                base = SentenceEncoder(self.source, precision="float32", device="cpu").config()
+                self._config = {"encoder": self.name, "distilled_from": base, "pca_dims": 256, "sif": 1e-4, "recipe": "model2vec-mean3"}
+        return json.loads(json.dumps(self._config))  # a copy the caller may change
 
     def _table(self, progress: bool) -> tuple[np.ndarray, str]:
         """The token vectors and tokenizer: read (model2vec folder), or distilled once and cached."""

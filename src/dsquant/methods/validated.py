@@ -329,8 +329,9 @@ class Validated(SelectionMethod):
             # the training-dynamics candidates train with the run's proxy_seed: it keys the choice too
             # and in the pruning regime the pool keeps the run's keep ratio, not only its budget;
             # the candidates' order (the first is the incumbent) is lost in the config's dict
-            pruning = self.regime(ctx.dataset, ctx.ratio) == "pruning"
-            dyn = any(isinstance(m, _DynamicsMethod) for m in self._regime_methods(self.regime(ctx.dataset, ctx.ratio), ctx.dataset, ctx.ratio))
+            regime = self.regime(ctx.dataset, ctx.ratio)
+            pruning = regime == "pruning"
+            dyn = any(isinstance(m, _DynamicsMethod) for m in self._regime_methods(regime, ctx.dataset, ctx.ratio))
             key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config(), "order": [list(self.candidates), list(self.pruning_candidates)], **({"proxy_seed": ctx.proxy_seed} if dyn else {}), **({"ratio": ctx.ratio} if pruning else {})})
             hit = ctx.cache.load("validation", key, {"result": ("U", 0)}) if ctx.cache is not None and key is not None else None
             if hit is not None:

@@ -51,6 +51,9 @@ RULES = {
     "best of dq-budget, herding, herding-drop": ("dq-budget", ("herding", "herding-drop"), "best"),
     # with typiclust too (session 12: --candidates typiclust)
     "paired, dq vs dq-budget, herding, herding-drop, typiclust": ("dq", ("dq-budget", "herding", "herding-drop", "typiclust"), "paired"),
+    # version 4: CCS with the large cut from 100 per class on images (validated adds it itself;
+    # --candidates dq at such budgets gives its rows)
+    "v4: paired, dq vs dq-budget, herding, herding-drop, ccs": ("dq", ("dq-budget", "herding", "herding-drop", "ccs"), "paired"),
 }
 
 
@@ -137,13 +140,13 @@ def summary(paths: list[str], n_seeds: int | None = None) -> None:
                 key = (Path(r["data"]).name, float(r["per_class"]))
                 cells.setdefault(key, {}).setdefault(r["level"], {}).setdefault(r["candidate"], []).append(float(r["accuracy"]))
     total = {k: [0.0, 0.0, 0] for k in RULES}  # regret, minus dq, cells below dq
-    shown = (*CANDIDATES, "herding-drop", "typiclust")
+    shown = (*CANDIDATES, "herding-drop", "typiclust", "ccs")
     print("| data | per class | outer mean: " + ", ".join(shown) + " | " + " | ".join(RULES) + " |")
     print("|---|---|---|" + "---|" * len(RULES))
     for (d, m), lv in sorted(cells.items()):
         inner, outer = lv["inner"], lv["outer"]
         om = {k: 100 * float(np.mean(v)) for k, v in outer.items()}
-        best = max(om[k] for k in ("dq-budget", "herding", "dq", "herding-drop", "typiclust") if k in om)
+        best = max(om[k] for k in ("dq-budget", "herding", "dq", "herding-drop", "typiclust", "ccs") if k in om)
         line = [d, f"{m:g}", ", ".join(f"{om[k]:.2f}" if k in om else "-" for k in shown)]
         for name, (inc, riv, kind) in RULES.items():
             c = choose(inner, inc, [r for r in riv if r in inner], kind)

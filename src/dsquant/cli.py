@@ -36,12 +36,12 @@ def _per_class_or_none(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     try:
-        v = float(text)
+        value = float(text)
     except ValueError:
-        v = float("nan")
-    if not (v > 0 and v != float("inf")):
+        value = float("nan")  # refused below, with the same message
+    if not 0.0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of samples per class or 'none', got {text!r}")
-    return v
+    return value
 
 
 def _nonneg_int(text: str) -> int:

@@ -17,6 +17,7 @@ with an ``embeddings`` tensor, ``tokenizer.json``) is loaded as it is.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -133,7 +134,7 @@ class StaticEncoder(TextEncoder):
             else:
                 base = SentenceEncoder(self.source, precision="float32", device="cpu").config()
                 self._config = {"encoder": self.name, "distilled_from": base, "pca_dims": 256, "sif": 1e-4, "recipe": "model2vec-mean3"}
-        return json.loads(json.dumps(self._config))  # a copy the caller may change
+        return copy.deepcopy(self._config)  # the caller may change its copy
 
     def _table(self, progress: bool) -> tuple[np.ndarray, str]:
         """The token vectors and tokenizer: read (model2vec folder), or distilled once and cached."""

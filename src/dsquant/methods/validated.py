@@ -189,22 +189,17 @@ class Validated(SelectionMethod):
 
     def regime(self, dataset, ratio: float) -> str:
         """``"pruning"`` at ``max_per_class`` or more per class, else ``"lowbudget"``."""
-        per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
-        return "pruning" if per_class >= self.max_per_class else "lowbudget"
+        return "pruning" if _per_class(dataset, ratio) >= self.max_per_class else "lowbudget"
 
-    def _regime_methods(self, regime: str, dataset=None, ratio: float | None = None) -> list:
-        """The candidates validated in ``regime``; with ``dataset`` and ``ratio``, the small-budget
-        regime's include CCS with the large cut from ``ccs_from`` per class, on images."""
+    def _regime_methods(self, regime: str, dataset, ratio: float) -> list:
+        """The candidates validated in ``regime`` (:meth:`regime` of ``dataset`` at ``ratio``):
+        the small-budget regime's include CCS with the large cut from ``ccs_from`` per class, on
+        images."""
         if regime == "pruning":
             return self._pruning
-        if dataset is not None and self._with_ccs(dataset, ratio):
+        if self.ccs_from is not None and getattr(dataset, "kind", "") == "images" and _per_class(dataset, ratio) >= self.ccs_from:
             return [*self._methods, self._ccs]
         return self._methods
-
-    def _with_ccs(self, dataset, ratio: float) -> bool:
-        if self.ccs_from is None or getattr(dataset, "kind", "") != "images" or self.regime(dataset, ratio) == "pruning":
-            return False
-        return budget(ratio, len(dataset)) / len(np.unique(dataset.labels)) >= self.ccs_from
 
     def skip_reason(self, dataset, ratio: float) -> str | None:
         """Why the run cannot (or need not) be validated, or None: no labels, streamed images
@@ -215,7 +210,7 @@ class Validated(SelectionMethod):
             return "no labels: nothing to validate against"
         if getattr(dataset, "streamed", False):
             return "streamed images: the validation model trains on images in memory"
-        per_class = budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
+        per_class = _per_class(dataset, ratio)
         regime = self.regime(dataset, ratio)
         if regime == "pruning" and not self._pruning:
             return f"{per_class:.4g} per class, at or above max_per_class {self.max_per_class:g}, and no pruning_candidates"
@@ -321,6 +316,7 @@ class Validated(SelectionMethod):
 
         n = len(ctx.dataset)
         reason = self.skip_reason(ctx.dataset, ctx.ratio)
+        methods: list = []
         if reason is not None:
             result = {"chosen": self.fallback, "validated": False, "reason": reason}
         else:
@@ -331,7 +327,8 @@ class Validated(SelectionMethod):
             # the candidates' order (the first is the incumbent) is lost in the config's dict
             regime = self.regime(ctx.dataset, ctx.ratio)
             pruning = regime == "pruning"
-            dyn = any(isinstance(m, _DynamicsMethod) for m in self._regime_methods(regime, ctx.dataset, ctx.ratio))
+            methods = self._regime_methods(regime, ctx.dataset, ctx.ratio)
+            dyn = any(isinstance(m, _DynamicsMethod) for m in methods)
             key = None if key is None else hash_key({"embedding": key, "n": n, "budget": budget(ctx.ratio, n), "method": self.config(), "order": [list(self.candidates), list(self.pruning_candidates)], **({"proxy_seed": ctx.proxy_seed} if dyn else {}), **({"ratio": ctx.ratio} if pruning else {})})
             hit = ctx.cache.load("validation", key, {"result": ("U", 0)}) if ctx.cache is not None and key is not None else None
             if hit is not None:
@@ -342,8 +339,7 @@ class Validated(SelectionMethod):
                     ctx.cache.save("validation", key, {"result": Cache.pack_json(result)})
                 result = {**result, "cached": False}
             result["validated"] = True
-        regime_methods = self._regime_methods(self.regime(ctx.dataset, ctx.ratio), ctx.dataset, ctx.ratio) if result["validated"] else []
-        method = {m.name: m for m in [self._fallback, *regime_methods]}[result["chosen"]]
+        method = {m.name: m for m in [self._fallback, *methods]}[result["chosen"]]
         selection = method.select(ctx)
         record = {**result, "record": selection.record}
         return Selection(selection.indices, selection.bins, record)
@@ -368,6 +364,11 @@ class Validated(SelectionMethod):
         if chosen is not None and r.get("record"):  # the chosen method's own lines (dq-budget: its settings)
             lines += chosen.report({chosen.name: r["record"]})
         return lines
+
+
+def _per_class(dataset, ratio: float) -> float:
+    """The run's budget per class: ``budget(ratio, N) / classes``."""
+    return budget(ratio, len(dataset)) / len(np.unique(dataset.labels))
 
 
 def choose(acc: dict, names, rule: str = "paired", margin: float = 1.0) -> tuple[str, dict]:

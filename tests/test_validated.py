@@ -274,6 +274,11 @@ def test_pruning_regime_on_images_trains_the_pruning_preset_on_the_pool():
     assert all(r["cached"] for r in dyn["runs"])  # the run's dynamics, of the whole set
     idx = B.select_by_score(B.el2n_scores(dyn["probs"][:, rows], pool.labels), 0.8, pool.labels, largest=True)
     assert rec["accuracy"]["el2n"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "pruning", seed=0)["accuracy"])]
+    # version 5: 144 per class (from ccs_from 100) and no pruning ccs: CCS with the large cut is
+    # a candidate, its cut min(0.5, 1 - 0.8), class-balanced, on the pool's rows of the dynamics
+    idx = B.ccs_sample(B.el2n_scores(dyn["probs"][:, rows], pool.labels), 0.8, pool.labels, n_strata=50, cutoff=1 - 0.8, seed=0)
+    assert list(rec["accuracy"]) == ["dq-budget", "el2n", "ccs(cutoff=0.5)"]
+    assert rec["accuracy"]["ccs(cutoff=0.5)"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "pruning", seed=0)["accuracy"])]
     assert rec["preset"] == "pruning" and rec["chosen"] == "dq-budget"  # one seed: no interval, the incumbent stays
 
 
@@ -314,7 +319,16 @@ def test_hundreds_per_class_add_ccs_with_the_large_cut(monkeypatch):
     assert [x.name for x in method._regime_methods("lowbudget", ds, 90 / len(ds))] == ["herding"]  # 9 per class
     assert [x.name for x in Validated(ccs_from=None)._regime_methods("lowbudget", ds, m / len(ds))] == ["dq", "dq-budget", "herding", "herding-drop"]
     assert [x.name for x in method._regime_methods("lowbudget", _digits_features(), m / 1797)] == ["herding"]  # images only
-    monkeypatch.setattr(V, "choose", lambda acc, names, rule, margin: ("ccs", {}))
+    # version 5: in the pruning regime too, where its cut at the keep ratio is above the pruning ccs's
+    pruning = Validated(max_per_class=50, ccs_from=10, ccs_cutoff=0.5)
+    for ratio, want in ((0.5, True), (0.8, True), (0.9, False), (0.95, False)):  # cut min(0.5, 1 - r) against min(0.1, 1 - r)
+        names = [pruning.label(x) for x in pruning._regime_methods("pruning", ds, ratio)]
+        assert names == ["dq-budget", "el2n", "ccs", *(["ccs(cutoff=0.5)"] if want else [])], (ratio, names)
+    assert [x.name for x in Validated(max_per_class=50, ccs_from=None)._regime_methods("pruning", ds, 0.5)] == ["dq-budget", "el2n", "ccs"]
+    assert [x.name for x in Validated(max_per_class=50, pruning_candidates=("el2n",))._regime_methods("pruning", ds, 0.9)] == ["el2n", "ccs"]  # no pruning ccs: its cut 0.1 is above none
+    assert [x.name for x in pruning._regime_methods("pruning", _digits_features(), 0.5)] == ["dq-budget", "el2n", "ccs"]  # images only
+    assert Validated(max_per_class=50, pruning_candidates=())._regime_methods("pruning", ds, 0.5) == []
+    monkeypatch.setattr(V, "choose", lambda acc, names, rule, margin: ("ccs(cutoff=0.5)", {}))
     run = dsquant.compress(ds, ratio=m / len(ds), method=method, epochs=1, seed=0)
     rec = run.manifest["validated"]
     held = validation_indices(ds.labels, 1 / 6, 0)
@@ -324,8 +338,8 @@ def test_hundreds_per_class_add_ccs_with_the_large_cut(monkeypatch):
     dyn = training_dynamics(ctx, 5, 2)
     assert all(r["cached"] for r in dyn["runs"])  # the run's dynamics, of the whole set
     idx = B.ccs_sample(B.el2n_scores(dyn["probs"][:, rows], pool.labels), m / len(rows), pool.labels, n_strata=50, cutoff=0.5, seed=0)
-    assert rec["accuracy"]["ccs"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "lowbudget", seed=0)["accuracy"])]
-    assert rec["chosen"] == "ccs" and rec["regime"] == "lowbudget"
+    assert rec["accuracy"]["ccs(cutoff=0.5)"] == [pytest.approx(train_and_test(pool, idx, val, "mlp", "lowbudget", seed=0)["accuracy"])]
+    assert rec["chosen"] == "ccs(cutoff=0.5)" and rec["regime"] == "lowbudget"
     whole = B.ccs_sample(B.el2n_scores(dyn["probs"], ds.labels), m / len(ds), ds.labels, n_strata=50, cutoff=0.5, seed=0)
     assert np.array_equal(run.indices, whole)
     assert np.array_equal(run.indices, dsquant.compress(ds, ratio=m / len(ds), method=CCS(cutoff=0.5, balance=True), epochs=1, seed=0).indices)

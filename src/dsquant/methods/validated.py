@@ -29,11 +29,12 @@ CCS_FROM = 100.0  # per class, on images: CCS with the large cut joins the small
 
 RULES = ("paired", "margin")  # how validation accuracies become a choice (:func:`choose`)
 
-VERSION = 4  # of the validation protocol: cached choices of another version are not reused
+VERSION = 5  # of the validation protocol: cached choices of another version are not reused
 # (2: the pruning regime is validated too, with its own candidates and the paired rule; 3: small
 # budgets too take the paired rule, with DQ as the incumbent and herding-drop as a candidate,
 # chosen by nested validation, benchmarks/validation_rule.py; 4: from ccs_from per class on
-# images, CCS with a large hard cut (ccs_cutoff) joins the small-budget candidates)
+# images, CCS with a large hard cut (ccs_cutoff) joins the small-budget candidates; 5: and the
+# pruning regime's, wherever its cut there is above the pruning CCS's, labelled ccs(cutoff=...))
 
 
 class _PoolContext(Context):
@@ -78,13 +79,17 @@ class Validated(SelectionMethod):
     <dsquant.methods.dynamics.EL2N.dynamics>`, cached) and select from the pool on the pool's
     rows of those scores, as the embedding candidates do on the pool's rows of the embedding.
 
-    **Hundreds per class** (version 4): on images, from ``ccs_from`` per class up to
-    ``max_per_class``, the small-budget candidates also include CCS keeping the easier samples:
-    class-balanced, the ``ccs_cutoff`` share of the hardest by EL2N cut (the paper's beta; it
-    raises beta with the pruning rate), the rest sampled by strata
-    (:class:`~dsquant.methods.CCS`). On the validation splits at 5 % keep it was 2.8 points
+    **Hundreds per class** (version 4): on images, from ``ccs_from`` per class, the small-budget
+    candidates also include CCS keeping the easier samples: class-balanced, the ``ccs_cutoff``
+    share of the hardest by EL2N cut (the paper's beta; it raises beta with the pruning rate),
+    the rest sampled by strata (:class:`~dsquant.methods.CCS`), labelled
+    ``ccs(cutoff=0.5)`` in the manifest. On the validation splits at 5 % keep it was 2.8 points
     above DQ on CIFAR-10 and 1.5 below on Fashion-MNIST (docs/selection.md): dataset-dependent,
-    so validated. It costs the EL2N dynamics (minutes; cached).
+    so validated. It costs the EL2N dynamics (minutes; cached). Version 5: it is a pruning
+    candidate too (images, from ``ccs_from`` per class), wherever its cut at the run's keep
+    ratio (``min(ccs_cutoff, 1 - ratio)``) is above that of every CCS among
+    ``pruning_candidates`` (so below 90 % keep with the defaults: elsewhere it would repeat
+    theirs).
 
     ``fallback`` (default ``dq-budget``) is used unvalidated (:meth:`skip_reason`, recorded in
     the manifest) on unlabelled data, on streamed images, where classes are too small to hold a
@@ -112,8 +117,8 @@ class Validated(SelectionMethod):
             training-dynamics scores (``el2n``, ``ccs``, ...). Empty or None: the pruning regime
             takes ``fallback`` unvalidated (version 1's behaviour).
         pruning_preset: the training preset of step 3 in the pruning regime (images).
-        ccs_from: per-class budget from which CCS with the large cut is a small-budget
-            candidate (images only); None: never.
+        ccs_from: per-class budget from which CCS with the large cut is a candidate (images
+            only; in the pruning regime where its cut is the largest); None: never.
         ccs_cutoff: that CCS's hard cutoff rate beta, in [0, 1).
         n_bins, precision, block_size: passed to the candidates that take them.
 
@@ -191,15 +196,22 @@ class Validated(SelectionMethod):
         """``"pruning"`` at ``max_per_class`` or more per class, else ``"lowbudget"``."""
         return "pruning" if _per_class(dataset, ratio) >= self.max_per_class else "lowbudget"
 
+    def label(self, method) -> str:
+        """A candidate's key in the manifest's accuracies and ``chosen``: its registered name,
+        ``ccs(cutoff=...)`` for CCS with the large cut (the pruning regime's ``ccs`` is another)."""
+        return f"ccs(cutoff={self.ccs_cutoff:g})" if method is self._ccs else method.name
+
     def _regime_methods(self, regime: str, dataset, ratio: float) -> list:
         """The candidates validated in ``regime`` (:meth:`regime` of ``dataset`` at ``ratio``):
-        the small-budget regime's include CCS with the large cut from ``ccs_from`` per class, on
-        images."""
-        if regime == "pruning":
-            return self._pruning
-        if self.ccs_from is not None and getattr(dataset, "kind", "") == "images" and _per_class(dataset, ratio) >= self.ccs_from:
-            return [*self._methods, self._ccs]
-        return self._methods
+        on images from ``ccs_from`` per class, CCS with the large cut too (in the pruning regime
+        only where its cut at ``ratio`` is above every pruning CCS's: elsewhere it repeats one)."""
+        from .dynamics import CCS
+
+        large = self.ccs_from is not None and getattr(dataset, "kind", "") == "images" and _per_class(dataset, ratio) >= self.ccs_from
+        methods = self._pruning if regime == "pruning" else self._methods
+        if large and regime == "pruning":
+            large = self._ccs.cutoff_for(ratio) > max((m.cutoff_for(ratio) for m in methods if isinstance(m, CCS)), default=0.0)
+        return [*methods, self._ccs] if large and methods else methods
 
     def skip_reason(self, dataset, ratio: float) -> str | None:
         """Why the run cannot (or need not) be validated, or None: no labels, streamed images
@@ -276,7 +288,8 @@ class Validated(SelectionMethod):
         last = None
         try:
             for method in methods:
-                acc[method.name] = []
+                name = self.label(method)
+                acc[name] = []
                 for s in range(self.n_seeds):
                     pctx = _PoolContext(ctx, pool, pool_emb, ratio, s)
                     pctx.dynamics.update(pool_dynamics)
@@ -286,20 +299,20 @@ class Validated(SelectionMethod):
 
                         a = train_and_test(pool, idx, val, self.arch, preset, seed=s, device=ctx.device)["accuracy"]
                     elif s > 0 and np.array_equal(idx, last):
-                        a = acc[method.name][-1]  # the same selection: the regression is deterministic
+                        a = acc[name][-1]  # the same selection: the regression is deterministic
                     else:
                         from ..evaluate.text import logreg_accuracy
 
                         a = logreg_accuracy(pool_emb.features[idx], pool_labels[idx], features[held], val.labels, seed=s)
                     last = idx
-                    acc[method.name].append(float(a))
+                    acc[name].append(float(a))
                     if bar is not None:
                         bar.update()
         finally:
             if bar is not None:
                 bar.close()
         mean = {k: float(np.mean(v)) for k, v in acc.items()}
-        names = [m.name for m in methods]
+        names = [self.label(m) for m in methods]
         out = {"accuracy": acc, "mean": mean, "regime": regime, "preset": preset}
         rule = "paired" if regime == "pruning" else self.rule
         chosen, gain = choose(acc, names, rule, self.margin)
@@ -339,7 +352,7 @@ class Validated(SelectionMethod):
                     ctx.cache.save("validation", key, {"result": Cache.pack_json(result)})
                 result = {**result, "cached": False}
             result["validated"] = True
-        method = {m.name: m for m in [self._fallback, *methods]}[result["chosen"]]
+        method = {self.label(m): m for m in [self._fallback, *methods]}[result["chosen"]]
         selection = method.select(ctx)
         record = {**result, "record": selection.record}
         return Selection(selection.indices, selection.bins, record)
@@ -360,7 +373,7 @@ class Validated(SelectionMethod):
             for k, (m, lo, hi) in (r.get("gain") or {}).items():
                 interval = "no interval (one run)" if lo is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
                 lines.append(f"    {k} minus {next(iter(r['mean']))}: {100 * m:+.2f} points, 95 % interval {interval}")
-        chosen = METHODS.get(r["chosen"])
+        chosen = METHODS.get(r["chosen"].split("(")[0])  # ccs(cutoff=0.5): ccs
         if chosen is not None and r.get("record"):  # the chosen method's own lines (dq-budget: its settings)
             lines += chosen.report({chosen.name: r["record"]})
         return lines

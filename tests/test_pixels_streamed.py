@@ -293,3 +293,52 @@ def test_imagefolder_export_of_a_pixel_run_rebuilds_a_tile_at_a_time(tmp_path, m
     for img, label, idx in zip(whole, store.labels, store.indices):
         png = np.asarray(Image.open(out / "export" / classes[label] / f"{idx:07d}.png"))
         assert np.array_equal(png, img[..., 0])
+
+
+def test_npz_export_and_reconstructed_dataset_rebuild_a_tile_at_a_time(tmp_path, monkeypatch):
+    """``export --format npz`` and ``ReconstructedDataset(in_memory=False)`` rebuild into a
+    memory-mapped unnamed temporary file a tile at a time (the whole file is never loaded) and
+    give what rebuilding it at once gives: the npz in dataset-index order, the dataset in file
+    order; nothing is left beside the export."""
+    from dsquant.cli import main
+    from dsquant.artifact import file_sha256
+    from dsquant.pixels import ReconstructedDataset, load_reconstructed, rebuild_to_file
+    from dsquant.pixels import store as store_module
+
+    monkeypatch.setattr(store_module, "TILE_PIXELS", 10 * 8 * 8)  # digits: 10 images per tile
+    out = tmp_path / "px"
+    assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    # the file in another order than the indices' (a streamed run writes as the images come):
+    # the export's reordering is exercised
+    store = PatchStore.load(out / "patches.dsqp")
+    perm = np.random.default_rng(0).permutation(len(store))
+    shuffled = PatchStore(store.indices[perm], store.labels[perm], store.masks[perm], store.patches[perm], store.patch, store.image_shape, store.classes, store.meta)
+    shuffled.save(out / "patches.dsqp", codec="png")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["patches.dsqp"] = file_sha256(out / "patches.dsqp")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    whole, store = load_reconstructed(out)
+    assert np.array_equal(store.indices, shuffled.indices) and not np.all(np.diff(store.indices) > 0)
+    order = np.argsort(store.indices, kind="stable")
+    in_memory = ReconstructedDataset(out)
+    seen = []
+    real_iter = PatchStore.iter_load
+    monkeypatch.setattr(PatchStore, "iter_load", classmethod(lambda cls, path: (seen.append(len(c)) or c for c in real_iter(path))))
+    monkeypatch.setattr(PatchStore, "load", classmethod(lambda cls, *a, **k: pytest.fail("read the whole file")))
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["export", str(out), "--format", "npz", "--quiet"]) == 0
+    assert len(seen) == 15 and max(seen) == 10 and sum(seen) == 144
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "export.npz"])  # no temporary file left
+    with np.load(out / "export.npz", allow_pickle=False) as z:
+        assert np.array_equal(z["images"], whole[order]) and np.array_equal(z["indices"], store.indices[order])
+        assert np.array_equal(z["labels"], store.labels[order]) and list(z["classes"]) == store.classes
+    seen.clear()
+    lazy = ReconstructedDataset(out, in_memory=False, tmp_dir=tmp_path)
+    assert isinstance(lazy.images, np.memmap) and lazy.store is None and sum(seen) == 144
+    assert np.array_equal(lazy.images, whole) and np.array_equal(lazy.indices, store.indices) and np.array_equal(lazy.labels, store.labels)
+    for i in (0, 77, 143):
+        a, b = lazy[i], in_memory[i]
+        assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["px"]  # the temporary file has no name
+    with pytest.raises(ValueError, match="order"):
+        rebuild_to_file(out, order="label")

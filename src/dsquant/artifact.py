@@ -717,7 +717,10 @@ class Run:
     def export(self, fmt: str = "npz", dest=None, overwrite: bool = False, reconstructor: str | None = None, device=None, cache=None, progress: bool = False) -> dict:
         """Write the compressed set's images, in the original index order (file and row i are
         dataset index ``indices[i]``): with pixel quantization the dropped patches are rebuilt
-        first (by the run's reconstructor, or ``reconstructor``). The face of ``dsquant export``.
+        first (by the run's reconstructor, or ``reconstructor``), a tile of the kept-patch file at
+        a time: memory is bounded by a tile whatever the run's size (``npz`` rebuilds into a
+        memory-mapped unnamed temporary file beside ``dest``, :func:`dsquant.pixels.rebuild_to_file`).
+        The face of ``dsquant export``.
 
         Args:
             fmt: ``"npz"`` (``images``, ``labels``, ``indices``, ``classes``) or
@@ -753,12 +756,11 @@ class Run:
                 write_export_record(w.tmp, classes, n)
                 w.commit()
                 return {"dest": dest, "n": n, "what": f"reconstructed ({reconstructor or m['pixels']['reconstructor']})"}
-            if m.get("pixels"):
-                from .pixels import load_reconstructed
+            if m.get("pixels"):  # rebuilt a tile at a time into a temporary file beside dest, in index order
+                from .pixels import rebuild_to_file
 
-                images, store = load_reconstructed(self.path, reconstructor, device, progress)
-                order = np.argsort(store.indices, kind="stable")  # the original index order
-                images, indices, labels, classes = images[order], store.indices[order], store.labels[order], store.classes
+                images, info = rebuild_to_file(self.path, reconstructor, device, progress, order="index", tmp_dir=dest.parent)
+                indices, labels, classes = info["indices"], info["labels"], info["classes"]
                 what = f"reconstructed ({reconstructor or m['pixels']['reconstructor']})"
             else:
                 ds = self.open_dataset(cache=cache, progress=progress)  # verifies the fingerprint

@@ -39,6 +39,7 @@ __all__ = [
     "ReconstructedDataset",
     "load_reconstructed",
     "iter_reconstructed",
+    "rebuild_to_file",
 ]
 
 
@@ -153,6 +154,48 @@ def iter_reconstructed(out_dir, reconstructor: str | None = None, device=None, p
             bar.update(len(store))
 
 
+def rebuild_to_file(out_dir, reconstructor: str | None = None, device=None, progress: bool = False, order: str = "store", tmp_dir=None) -> tuple[np.ndarray, dict]:
+    """:func:`load_reconstructed` into a memory-mapped unnamed temporary file, a tile of the
+    kept-patch file at a time (:func:`iter_reconstructed`): memory bounded by one tile (and the
+    page cache) whatever the run's size, disk N x H x W x C bytes.
+
+    Args:
+        order: ``"store"`` (the file's order) or ``"index"`` (ascending dataset index).
+        tmp_dir: where the temporary file goes (default: the system's temporary directory); it
+            has no name, and the system frees it when the returned array is dropped.
+
+    Returns:
+        ((N, H, W, C) uint8 ``np.memmap`` of the rebuilt images, ``{"indices", "labels",
+        "image_shape", "classes"}`` in that order: :meth:`PatchStore.read_index`).
+
+    Raises:
+        ValueError: as :func:`load_reconstructed`, or ``order`` not one of the two.
+    """
+    import tempfile
+
+    if order not in ("store", "index"):
+        raise ValueError(f"order: expected 'store' or 'index', got {order!r}")
+    _, path = _reconstruction_spec(out_dir, reconstructor)
+    info = PatchStore.read_index(path)
+    n = len(info["indices"])
+    perm = np.argsort(info["indices"], kind="stable") if order == "index" else np.arange(n)
+    row = np.empty(n, dtype=np.int64)
+    row[perm] = np.arange(n)  # image i of the file goes to row[i]
+    shape = (n, *info["image_shape"])
+    if n == 0:
+        return np.zeros(shape, dtype=np.uint8), info
+    with tempfile.TemporaryFile(dir=tmp_dir, prefix="dsquant-rebuild-") as f:
+        f.truncate(int(np.prod(shape)))
+        images = np.memmap(f, dtype=np.uint8, mode="r+", shape=shape)  # the mapping outlives the descriptor
+    start = 0
+    for part, _store in iter_reconstructed(out_dir, reconstructor, device, progress):
+        images[row[start : start + len(part)]] = part
+        start += len(part)
+    if start != n:  # read_index and the tiles read the same verified file
+        raise ValueError(f"{path}: {start} images rebuilt, the header says {n}")
+    return images, {k: (v[perm] if k in ("indices", "labels") else v) for k, v in info.items()}
+
+
 def _reconstruction_spec(out_dir, reconstructor: str | None) -> tuple[str, Path]:
     """The reconstructor to use (the manifest's unless given; a relative checkpoint resolved
     against ``out_dir``) and the run's kept-patch file."""
@@ -177,12 +220,22 @@ class ReconstructedDataset:
 
     Images are float32 tensors (C, H, W) in [0, 1], or what ``transform`` returns for a uint8
     (H, W, C) array.
+
+    Args:
+        in_memory: True (default): the rebuilt images and the kept patches are held in memory
+            (``store`` is the :class:`PatchStore`). False: rebuilt a tile at a time into a
+            memory-mapped unnamed temporary file in ``tmp_dir`` (:func:`rebuild_to_file`;
+            N x H x W x C bytes of disk, memory bounded by one tile; at 224 px about 150 KB per
+            image, 19 GB for 10 % of ImageNet), ``store`` None.
     """
 
-    def __init__(self, out_dir, reconstructor: str | None = None, transform=None, device=None, progress: bool = False) -> None:
-        self.images, self.store = load_reconstructed(out_dir, reconstructor, device, progress)
-        self.indices = self.store.indices
-        self.labels = self.store.labels
+    def __init__(self, out_dir, reconstructor: str | None = None, transform=None, device=None, progress: bool = False, in_memory: bool = True, tmp_dir=None) -> None:
+        if in_memory:
+            self.images, self.store = load_reconstructed(out_dir, reconstructor, device, progress)
+            self.indices, self.labels = self.store.indices, self.store.labels
+        else:
+            self.images, info = rebuild_to_file(out_dir, reconstructor, device, progress, tmp_dir=tmp_dir)
+            self.store, self.indices, self.labels = None, info["indices"], info["labels"]
         self.transform = transform
 
     def __len__(self) -> int:

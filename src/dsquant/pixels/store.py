@@ -338,6 +338,22 @@ class PatchStore:
                 yield store
 
     @classmethod
+    def read_index(cls, path: str | os.PathLike) -> dict:
+        """What a ``.dsqp`` file holds, without decoding a pixel: ``{"indices": (N,) int64,
+        "labels": (N,) int64, "image_shape": (H, W, C), "classes": [...]}``, in file order.
+        Checked as :meth:`iter_load` checks (the checksum over the whole body, read in blocks,
+        the header, the sections); what rebuilding a large run into a file sizes it by.
+
+        Raises:
+            ValueError: one line naming the file, as :meth:`load`.
+        """
+        path = Path(path)
+        with open(path, "rb") as f, _naming(str(path)):
+            version, header, payload = _verified_file(f)
+            geometry, arrays, _ = _prepare(version, header, payload, None)
+        return {"indices": arrays["indices"].astype(np.int64), "labels": arrays["labels"].astype(np.int64), "image_shape": tuple(geometry[1]), "classes": [str(x) for x in header["classes"]]}
+
+    @classmethod
     def _build(cls, header, geometry, arrays, masks, patches, codec) -> "PatchStore":
         return cls(
             arrays["indices"].astype(np.int64),

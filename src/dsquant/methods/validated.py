@@ -9,8 +9,9 @@ every candidate method on the rest (the *pool*) at the run's per-class budget, t
 model on each candidate's pool selection and tests it on the held-out slice, and then runs the
 first candidate (DQ, which ties random by design) on the whole training set unless another one
 beat it on the held-out slice with a paired 95 % interval above zero. From ``max_per_class`` per
-class (the pruning regime) the candidates are DQ and the hard-first scores EL2N and CCS, and the
-model trains with the ``pruning`` preset. Nothing of a test split is read. The choice, every
+class (the pruning regime) the candidates are DQ and the hard-first scores EL2N and CCS (on
+images below 90 % keep, CCS keeping the easier half too), and the model trains with the
+``pruning`` preset. Nothing of a test split is read. The choice, every
 validation accuracy and the time spent are in the manifest.
 """
 
@@ -128,7 +129,7 @@ class Validated(SelectionMethod):
     """
 
     name = "validated"
-    summary = "DQ, or a candidate that trains better on a validation split of the training set with a paired interval above zero (dq-budget, herding, herding-drop at small budgets, CCS with a large cut from 100 per class; EL2N, CCS when pruning), per dataset and budget (dsquant)"
+    summary = "DQ, or a candidate that trains better on a validation split of the training set with a paired interval above zero (dq-budget, herding, herding-drop at small budgets, CCS with a large cut from 100 per class; EL2N, CCS and that CCS when pruning), per dataset and budget (dsquant)"
     # on images in memory it trains on the pool's pixels (and, pruning, the dynamics on the whole
     # set's); streamed images and unlabelled data take ``fallback`` unvalidated
     # (skip_reason), so it runs wherever that one does

@@ -270,23 +270,45 @@ def test_streamed_pixel_quantization_refuses_what_it_cannot_do(folder, tiny_hf, 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_imagefolder_export_of_a_pixel_run_rebuilds_a_tile_at_a_time(tmp_path, monkeypatch):
-    """The export reads patches.dsqp tile by tile (PatchStore.iter_load), and writes what
-    rebuilding the whole file at once gives, every file."""
+@pytest.fixture
+def pixel_run(tmp_path, monkeypatch) -> Path:
+    """A pixel run of digits (144 images, drop ratio 0.25) whose kept-patch file holds tiles of
+    10 images."""
     from dsquant.cli import main
-    from dsquant.pixels import load_reconstructed
     from dsquant.pixels import store as store_module
 
     monkeypatch.setattr(store_module, "TILE_PIXELS", 10 * 8 * 8)  # digits: 10 images per tile
     out = tmp_path / "px"
     assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _count_reads(monkeypatch) -> tuple[list, list]:
+    """From now on: the size of every tile read, and one entry per verification of a kept-patch
+    file (each reads the whole body); reading the whole file at once fails the test."""
+    from dsquant.pixels import PatchReader
+    from dsquant.pixels import store as store_module
+
+    tiles, verified = [], []
+    real_tiles, real_verified = PatchReader.tiles, store_module._verified_file
+    monkeypatch.setattr(PatchReader, "tiles", lambda self: (tiles.append(len(c)) or c for c in real_tiles(self)))
+    monkeypatch.setattr(store_module, "_verified_file", lambda f: verified.append(f.name) or real_verified(f))
+    monkeypatch.setattr(PatchStore, "load", classmethod(lambda cls, *a, **k: pytest.fail("read the whole file")))
+    return tiles, verified
+
+
+def test_imagefolder_export_of_a_pixel_run_rebuilds_a_tile_at_a_time(pixel_run, monkeypatch):
+    """The export reads patches.dsqp tile by tile, verifying it once, and writes what
+    rebuilding the whole file at once gives, every file."""
+    from dsquant.cli import main
+    from dsquant.pixels import load_reconstructed
+
+    out = pixel_run
     whole, store = load_reconstructed(out)
-    seen = []
-    real_iter = PatchStore.iter_load
-    monkeypatch.setattr(PatchStore, "iter_load", classmethod(lambda cls, path: (seen.append(len(c)) or c for c in real_iter(path))))
-    monkeypatch.setattr(PatchStore, "load", classmethod(lambda cls, *a, **k: pytest.fail("export read the whole file")))
+    seen, verified = _count_reads(monkeypatch)
     assert main(["export", str(out), "--format", "imagefolder", "--quiet"]) == 0
     assert len(seen) == 15 and max(seen) == 10 and sum(seen) == len(store) == 144
+    assert verified == [str(out / "patches.dsqp")]
     record = json.loads((out / "export" / "dsquant-export.json").read_text())
     assert record["files"] == 144 and len(list((out / "export").glob("*/*.png"))) == 144
     classes = [c["folder"] for c in record["classes"]]
@@ -295,19 +317,16 @@ def test_imagefolder_export_of_a_pixel_run_rebuilds_a_tile_at_a_time(tmp_path, m
         assert np.array_equal(png, img[..., 0])
 
 
-def test_npz_export_and_reconstructed_dataset_rebuild_a_tile_at_a_time(tmp_path, monkeypatch):
+def test_npz_export_and_reconstructed_dataset_rebuild_a_tile_at_a_time(pixel_run, tmp_path, monkeypatch):
     """``export --format npz`` and ``ReconstructedDataset(in_memory=False)`` rebuild into a
-    memory-mapped unnamed temporary file a tile at a time (the whole file is never loaded) and
-    give what rebuilding it at once gives: the npz in dataset-index order, the dataset in file
-    order; nothing is left beside the export."""
+    memory-mapped unnamed temporary file a tile at a time, the kept-patch file verified once
+    (the whole file is never loaded), and give what rebuilding it at once gives: the npz in
+    dataset-index order, the dataset in file order; nothing is left beside the export."""
     from dsquant.cli import main
     from dsquant.artifact import file_sha256
     from dsquant.pixels import ReconstructedDataset, load_reconstructed, rebuild_to_file
-    from dsquant.pixels import store as store_module
 
-    monkeypatch.setattr(store_module, "TILE_PIXELS", 10 * 8 * 8)  # digits: 10 images per tile
-    out = tmp_path / "px"
-    assert main(["compress", "digits", "--method", "random", "--ratio", "0.1", "--drop-ratio", "0.25", "--patch", "2", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    out = pixel_run
     # the file in another order than the indices' (a streamed run writes as the images come):
     # the export's reordering is exercised
     store = PatchStore.load(out / "patches.dsqp")
@@ -321,20 +340,17 @@ def test_npz_export_and_reconstructed_dataset_rebuild_a_tile_at_a_time(tmp_path,
     assert np.array_equal(store.indices, shuffled.indices) and not np.all(np.diff(store.indices) > 0)
     order = np.argsort(store.indices, kind="stable")
     in_memory = ReconstructedDataset(out)
-    seen = []
-    real_iter = PatchStore.iter_load
-    monkeypatch.setattr(PatchStore, "iter_load", classmethod(lambda cls, path: (seen.append(len(c)) or c for c in real_iter(path))))
-    monkeypatch.setattr(PatchStore, "load", classmethod(lambda cls, *a, **k: pytest.fail("read the whole file")))
+    seen, verified = _count_reads(monkeypatch)
     before = sorted(p.name for p in out.iterdir())
     assert main(["export", str(out), "--format", "npz", "--quiet"]) == 0
-    assert len(seen) == 15 and max(seen) == 10 and sum(seen) == 144
+    assert len(seen) == 15 and max(seen) == 10 and sum(seen) == 144 and len(verified) == 1
     assert sorted(p.name for p in out.iterdir()) == sorted([*before, "export.npz"])  # no temporary file left
     with np.load(out / "export.npz", allow_pickle=False) as z:
         assert np.array_equal(z["images"], whole[order]) and np.array_equal(z["indices"], store.indices[order])
         assert np.array_equal(z["labels"], store.labels[order]) and list(z["classes"]) == store.classes
-    seen.clear()
+    seen.clear(), verified.clear()
     lazy = ReconstructedDataset(out, in_memory=False, tmp_dir=tmp_path)
-    assert isinstance(lazy.images, np.memmap) and lazy.store is None and sum(seen) == 144
+    assert isinstance(lazy.images, np.memmap) and lazy.store is None and sum(seen) == 144 and len(verified) == 1
     assert np.array_equal(lazy.images, whole) and np.array_equal(lazy.indices, store.indices) and np.array_equal(lazy.labels, store.labels)
     for i in (0, 77, 143):
         a, b = lazy[i], in_memory[i]

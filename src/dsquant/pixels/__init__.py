@@ -17,11 +17,12 @@ import numpy as np
 from .gradcam import gradcam_plusplus
 from .patches import keep_masks, n_kept, patch_grid, patch_scores
 from .reconstruct import InpaintReconstructor, MAEReconstructor, make_reconstructor, reconstruct_store
-from .store import Codec, PatchStore, kept_psnr
+from .store import Codec, PatchReader, PatchStore, kept_psnr
 
 __all__ = [
     "Codec",
     "PatchStore",
+    "PatchReader",
     "kept_psnr",
     "source_file_bytes",
     "InpaintReconstructor",
@@ -139,25 +140,32 @@ def load_reconstructed(out_dir, reconstructor: str | None = None, device=None, p
 
 def iter_reconstructed(out_dir, reconstructor: str | None = None, device=None, progress: bool = False):
     """:func:`load_reconstructed` a tile of the kept-patch file at a time
-    (:meth:`PatchStore.iter_load`): memory bounded by one tile whatever the run's size.
+    (:meth:`PatchStore.open`): memory bounded by one tile whatever the run's size.
 
     Yields:
         ((n, H, W, C) uint8 rebuilt images, the store of those n images), in store order.
     """
-    from tqdm.auto import tqdm
-
     spec, path = _reconstruction_spec(out_dir, reconstructor)
     rec = make_reconstructor(spec, device=device)
-    with tqdm(desc=f"reconstruct ({rec.name})", unit="img", disable=not progress, leave=False) as bar:
-        for store in PatchStore.iter_load(path):
+    with PatchStore.open(path) as reader:
+        yield from _rebuilt_tiles(reader, rec, progress)
+
+
+def _rebuilt_tiles(reader, rec, progress: bool):
+    """(rebuilt images, store) of every tile of an open :class:`PatchReader`, in file order."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(reader), desc=f"reconstruct ({rec.name})", unit="img", disable=not progress, leave=False) as bar:
+        for store in reader.tiles():
             yield reconstruct_store(store, rec), store
             bar.update(len(store))
 
 
 def rebuild_to_file(out_dir, reconstructor: str | None = None, device=None, progress: bool = False, order: str = "store", tmp_dir=None) -> tuple[np.ndarray, dict]:
     """:func:`load_reconstructed` into a memory-mapped unnamed temporary file, a tile of the
-    kept-patch file at a time (:func:`iter_reconstructed`): memory bounded by one tile (and the
-    page cache) whatever the run's size, disk N x H x W x C bytes.
+    kept-patch file at a time (as :func:`iter_reconstructed`), the file opened and verified once
+    (:meth:`PatchStore.open`): memory bounded by one tile (and the page cache) whatever the
+    run's size, disk N x H x W x C bytes.
 
     Args:
         order: ``"store"`` (the file's order) or ``"index"`` (ascending dataset index).
@@ -175,23 +183,25 @@ def rebuild_to_file(out_dir, reconstructor: str | None = None, device=None, prog
 
     if order not in ("store", "index"):
         raise ValueError(f"order: expected 'store' or 'index', got {order!r}")
-    _, path = _reconstruction_spec(out_dir, reconstructor)
-    info = PatchStore.read_index(path)
-    n = len(info["indices"])
-    perm = np.argsort(info["indices"], kind="stable") if order == "index" else np.arange(n)
-    row = np.empty(n, dtype=np.int64)
-    row[perm] = np.arange(n)  # image i of the file goes to row[i]
-    shape = (n, *info["image_shape"])
-    if n == 0:
-        return np.zeros(shape, dtype=np.uint8), info
-    with tempfile.TemporaryFile(dir=tmp_dir, prefix="dsquant-rebuild-") as f:
-        f.truncate(int(np.prod(shape)))
-        images = np.memmap(f, dtype=np.uint8, mode="r+", shape=shape)  # the mapping outlives the descriptor
-    start = 0
-    for part, _store in iter_reconstructed(out_dir, reconstructor, device, progress):
-        images[row[start : start + len(part)]] = part
-        start += len(part)
-    if start != n:  # read_index and the tiles read the same verified file
+    spec, path = _reconstruction_spec(out_dir, reconstructor)
+    rec = make_reconstructor(spec, device=device)
+    with PatchStore.open(path) as reader:  # verified once; the index and the tiles from it
+        info = reader.index
+        n = len(info["indices"])
+        perm = np.argsort(info["indices"], kind="stable") if order == "index" else np.arange(n)
+        row = np.empty(n, dtype=np.int64)
+        row[perm] = np.arange(n)  # image i of the file goes to row[i]
+        shape = (n, *info["image_shape"])
+        if n == 0:
+            return np.zeros(shape, dtype=np.uint8), info
+        with tempfile.TemporaryFile(dir=tmp_dir, prefix="dsquant-rebuild-") as f:
+            f.truncate(int(np.prod(shape)))
+            images = np.memmap(f, dtype=np.uint8, mode="r+", shape=shape)  # the mapping outlives the descriptor
+        start = 0
+        for part, _store in _rebuilt_tiles(reader, rec, progress):
+            images[row[start : start + len(part)]] = part
+            start += len(part)
+    if start != n:  # the tiles' counts were checked against the header's
         raise ValueError(f"{path}: {start} images rebuilt, the header says {n}")
     return images, {k: (v[perm] if k in ("indices", "labels") else v) for k, v in info.items()}
 

@@ -49,7 +49,7 @@ from ..artifact import atomic_file
 from ..artifact import write_atomic  # noqa: F401  (re-exported: pixels.store.write_atomic)
 from .patches import patch_grid
 
-__all__ = ["PatchStore", "PatchStoreWriter", "Codec", "MAGIC", "VERSION", "READABLE_VERSIONS", "kept_psnr", "images_per_tile", "write_atomic"]
+__all__ = ["PatchStore", "PatchReader", "PatchStoreWriter", "Codec", "MAGIC", "VERSION", "READABLE_VERSIONS", "kept_psnr", "images_per_tile", "write_atomic"]
 
 MAGIC = b"DSQP"
 VERSION = 2
@@ -304,54 +304,43 @@ class PatchStore:
             return cls._build(header, geometry, arrays, masks, patches, codec)
 
     @classmethod
+    def open(cls, path: str | os.PathLike) -> "PatchReader":
+        """Open a ``.dsqp`` file for reading a tile at a time: a :class:`PatchReader`, the file
+        verified once (the checksum over the whole body, read in blocks, the header, the
+        sections) before it returns. Use it as a context manager; :attr:`PatchReader.index`
+        and :meth:`PatchReader.tiles` then need no second check.
+
+        Raises:
+            ValueError: one line naming the file, as :meth:`load`.
+        """
+        return PatchReader(path)
+
+    @classmethod
     def iter_load(cls, path: str | os.PathLike) -> Iterator["PatchStore"]:
         """Read a ``.dsqp`` file a tile at a time: stores of consecutive images (one per tile of
         a version-2 file, all of a version-1 file at once), in memory bounded by one tile and the
         per-image masks and indices, whatever the file's size (what rebuilding a large run for
         export uses). Every check of :meth:`load` is made first (the checksum over the whole
         body, read in blocks, the header, the sections), each tile's as it is decoded; there is
-        no ``max_bytes``, as nothing is held beyond a tile.
+        no ``max_bytes``, as nothing is held beyond a tile. :meth:`open` when the index is
+        needed too.
 
         Raises:
             ValueError: one line naming the file, as :meth:`load`.
         """
-        path = Path(path)
-        with open(path, "rb") as f:
-            with _naming(str(path)):
-                version, header, payload = _verified_file(f)
-                geometry, arrays, masks = _prepare(version, header, payload, None)
-            if version == 1:
-                with _naming(str(path)):
-                    store = cls._build(header, geometry, arrays, masks, arrays["patches"].copy(), {"version": 1, "name": "raw", "lossless": True, "quality": None})
-                yield store
-                return
-            codec = _codec_record(header)
-            tiles = _iter_tiles(header, payload, masks, geometry[1], geometry[2], geometry[4])
-            while True:
-                with _naming(str(path)):
-                    item = next(tiles, None)
-                    if item is None:
-                        return
-                    start, count, part = item
-                    part_arrays = {key: arrays[key][start : start + count] for key in ("indices", "labels")}
-                    store = cls._build({**header, "n": count}, geometry, part_arrays, masks[start : start + count], part, codec)
-                yield store
+        with cls.open(path) as reader:
+            yield from reader.tiles()
 
     @classmethod
     def read_index(cls, path: str | os.PathLike) -> dict:
-        """What a ``.dsqp`` file holds, without decoding a pixel: ``{"indices": (N,) int64,
-        "labels": (N,) int64, "image_shape": (H, W, C), "classes": [...]}``, in file order.
-        Checked as :meth:`iter_load` checks (the checksum over the whole body, read in blocks,
-        the header, the sections); what rebuilding a large run into a file sizes it by.
+        """What a ``.dsqp`` file holds, without decoding a pixel: :attr:`PatchReader.index`.
+        Checked as :meth:`iter_load` checks.
 
         Raises:
             ValueError: one line naming the file, as :meth:`load`.
         """
-        path = Path(path)
-        with open(path, "rb") as f, _naming(str(path)):
-            version, header, payload = _verified_file(f)
-            geometry, arrays, _ = _prepare(version, header, payload, None)
-        return {"indices": arrays["indices"].astype(np.int64), "labels": arrays["labels"].astype(np.int64), "image_shape": tuple(geometry[1]), "classes": [str(x) for x in header["classes"]]}
+        with cls.open(path) as reader:
+            return reader.index
 
     @classmethod
     def _build(cls, header, geometry, arrays, masks, patches, codec) -> "PatchStore":
@@ -366,6 +355,68 @@ class PatchStore:
             dict(header.get("meta") or {}),
             codec,
         )
+
+
+class PatchReader:
+    """An open ``.dsqp`` file (:meth:`PatchStore.open`), verified once when opened: its index
+    without decoding a pixel, and its images a tile at a time. A context manager; the file stays
+    open until :meth:`close`.
+
+    Attributes:
+        path: the file.
+        index: ``{"indices": (N,) int64, "labels": (N,) int64, "image_shape": (H, W, C),
+            "classes": [...]}``, in file order.
+
+    Raises:
+        ValueError: one line naming the file, as :meth:`PatchStore.load` (when opened, and
+            for a tile that cannot be decoded, as it is reached).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "rb")
+        try:
+            with _naming(str(self.path)):
+                self._version, self._header, self._payload = _verified_file(self._f)
+                self._geometry, self._arrays, self._masks = _prepare(self._version, self._header, self._payload, None)
+        except BaseException:
+            self._f.close()
+            raise
+        a = self._arrays
+        self.index = {"indices": a["indices"].astype(np.int64), "labels": a["labels"].astype(np.int64), "image_shape": tuple(self._geometry[1]), "classes": [str(x) for x in self._header["classes"]]}
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def tiles(self) -> Iterator[PatchStore]:
+        """Stores of consecutive images, one per tile of a version-2 file (all of a version-1
+        file at once), in file order; each tile is checked as it is decoded. Memory: one tile."""
+        name, header, geometry, arrays, masks = str(self.path), self._header, self._geometry, self._arrays, self._masks
+        if self._version == 1:
+            with _naming(name):
+                store = PatchStore._build(header, geometry, arrays, masks, arrays["patches"].copy(), {"version": 1, "name": "raw", "lossless": True, "quality": None})
+            yield store
+            return
+        codec = _codec_record(header)
+        tiles = _iter_tiles(header, self._payload, masks, geometry[1], geometry[2], geometry[4])
+        while True:
+            with _naming(name):
+                item = next(tiles, None)
+                if item is None:
+                    return
+                start, count, part = item
+                part_arrays = {key: arrays[key][start : start + count] for key in ("indices", "labels")}
+                store = PatchStore._build({**header, "n": count}, geometry, part_arrays, masks[start : start + count], part, codec)
+            yield store
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "PatchReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

@@ -171,7 +171,7 @@ def test_import_results_adds_a_results_csv_once_and_refuses_other_files(tmp_path
     import csv
 
     from dsquant.data import DataError
-    from dsquant.evaluate.grid import RESULT_COLUMNS, _rows, import_results
+    from dsquant.evaluate.grid import RESULT_COLUMNS, _rows, import_results, write_row_reports
 
     path = tmp_path / "results.csv"
     with open(path, "w", newline="") as f:
@@ -184,6 +184,13 @@ def test_import_results_adds_a_results_csv_once_and_refuses_other_files(tmp_path
     assert import_results(db, path, log=lambda *_: None) == 0  # the same cells: kept, not doubled
     rows = sorted(_rows(db), key=lambda r: r["method"])
     assert [(r["method"], r["accuracy"], r["seed"], r["options"]) for r in rows] == [("dq", 0.825, 0, '{"n_bins": 10}'), ("random", 0.8125, 0, "{}")]
+    # the logistic regression has no epochs and no batch size: its rows, as the reports write
+    # them, import back
+    logreg = {"dataset": "fm", "method": "random", "ratio": 0.1, "arch": "logreg", "seed": 1, "preset": "lowbudget", "accuracy": 0.79, "n_train": 600, "epochs": None, "batch_size": None, "seconds": 0.3, "options": "{}", "fingerprint": "abc"}
+    write_row_reports([logreg], tmp_path / "lr")
+    assert import_results(db, tmp_path / "lr" / "results.csv", log=lambda *_: None) == 1
+    (back,) = [r for r in _rows(db) if r["arch"] == "logreg"]
+    assert (back["epochs"], back["batch_size"], back["accuracy"], back["n_train"]) == (None, None, 0.79, 600)
     bad = tmp_path / "other.csv"
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="other.csv: not a dsquant results.csv"):

@@ -248,6 +248,8 @@ def import_results(db: str | os.PathLike, csv_path: str | os.PathLike, log=print
     those cells and its reports include them: how the rows of several runs (other machines,
     other budgets) become one leaderboard. Returns the number of rows added.
 
+    ``epochs`` and ``batch_size`` may be empty (the non-neural ``logreg`` has neither).
+
     Raises:
         DataError: naming the file, if it is not a results.csv (another header) or a value does
             not parse.
@@ -267,7 +269,7 @@ def import_results(db: str | os.PathLike, csv_path: str | os.PathLike, log=print
             r = dict(zip(header, values))
             try:
                 rows.append((r["dataset"], r["fingerprint"], r["method"], float(r["ratio"]), r["arch"], int(r["seed"]), r["preset"], r["options"],
-                             float(r["accuracy"]), int(r["n_train"]), int(r["epochs"]), int(r["batch_size"]), float(r["seconds"]), f"imported from {path.name}"))
+                             float(r["accuracy"]), int(r["n_train"]), _int_or_none(r["epochs"]), _int_or_none(r["batch_size"]), float(r["seconds"]), f"imported from {path.name}"))
             except (KeyError, ValueError) as exc:
                 raise DataError(f"{path}: line {line}: {exc}") from None
     Path(db).parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +280,12 @@ def import_results(db: str | os.PathLike, csv_path: str | os.PathLike, log=print
     added = con.total_changes - before
     con.close()
     return added
+
+
+def _int_or_none(value: str) -> int | None:
+    """An integer column that a non-neural learner leaves empty (``logreg``: no epochs, no batch
+    size; written as ``""``)."""
+    return None if value == "" else int(value)
 
 
 def _rows(db: Path, preset: str | None = None, options: str | None = None) -> list[dict]:

@@ -7,6 +7,7 @@
     python benchmarks/bench_imagenet_scale.py embed-store DIR STORE
     python benchmarks/bench_imagenet_scale.py store-bins STORE [--n 1281167] [--dim 768] [--classes 1000]
     python benchmarks/bench_imagenet_scale.py pixels DIR OUT [--ratios 0.05 0.2] [--drop-ratio 0.2] [--model tiny]
+    python benchmarks/bench_imagenet_scale.py export OUT/ratio-0.05 OUT/ratio-0.2 [--formats npz imagefolder]
 
 ``make-folder`` writes an ImageNet-shaped ImageFolder once (outside the repository): N JPEGs of
 random sizes 200-500 px (each side drawn separately) in C classes, quality 90, smooth random
@@ -41,6 +42,11 @@ writes their kept patches as it goes. It reports the wall time, the pixel stage'
 number of selected images if memory is bounded), and ``patches.dsqp`` against the selected
 source files.
 
+``export`` runs ``dsquant export RUN --format F --dest D`` in a child process per pixel run and
+format (D a temporary path beside the run, removed after): the rebuild a tile at a time, its wall
+time, the child's own peak RSS (``os.wait4``: that child alone, so a smaller peak after a larger
+one is seen) and the export's size.
+
 Every child's peak RSS is ``ru_maxrss`` of that child (``resource.getrusage(RUSAGE_CHILDREN)``
 after it exits). Times are single runs; prints Markdown rows.
 """
@@ -70,6 +76,42 @@ def _child(args: list[str]) -> tuple[float, float, str]:
     if peak <= before:
         print(f"(note: this child's peak RSS is below an earlier child's {before / 1024:.0f} MB; run stages separately)")
     return wall, peak / 1024, p.stdout
+
+
+def _child_alone(args: list[str]) -> tuple[float, float]:
+    """Run ``args``; (wall seconds, peak RSS in MB of that child alone: ``os.wait4``)."""
+    import os
+
+    t = time.perf_counter()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        sys.exit(f"failed ({p.returncode}): {' '.join(args)}\n{p.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def export(runs: list[Path], formats: list[str]) -> None:
+    import shutil
+
+    print("| run | images | format | wall (s) | images/s | peak RSS (MB) | export (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        n = json.loads((run / "manifest.json").read_text())["selection"]["n_selected"]
+        for fmt in formats:
+            dest = run.parent / f".bench-export-{run.name}{'.npz' if fmt == 'npz' else ''}"
+            if dest.exists():
+                sys.exit(f"{dest}: exists (left by an interrupted run?); remove it first")
+            try:
+                wall, peak = _child_alone([sys.executable, "-m", "dsquant.cli", "export", str(run), "--format", fmt, "--dest", str(dest), "--quiet"])
+                size = dest.stat().st_size if fmt == "npz" else sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+            finally:
+                if dest.is_dir():
+                    shutil.rmtree(dest)
+                elif dest.exists():
+                    dest.unlink()
+            print(f"| {run.name} | {n:,} | {fmt} | {wall:.0f} | {n / wall:.0f} | {peak:.0f} | {size / 1e6:.0f} |")
 
 
 def make_folder(root: Path, n: int, classes: int, seed: int = 0, workers: int = 1) -> None:
@@ -290,8 +332,11 @@ def main() -> None:
     a = sub.add_parser("store-bins"); a.add_argument("store", type=Path); a.add_argument("--n", type=int, default=1_281_167); a.add_argument("--dim", type=int, default=768); a.add_argument("--classes", type=int, default=1000)
     a = sub.add_parser("pixels"); a.add_argument("dir", type=Path); a.add_argument("out", type=Path); a.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.2])
     a.add_argument("--drop-ratio", type=float, default=0.2); a.add_argument("--model", choices=["tiny", "resnet50", "vit-b16"], default="tiny")
+    a = sub.add_parser("export"); a.add_argument("runs", type=Path, nargs="+"); a.add_argument("--formats", nargs="+", choices=["npz", "imagefolder"], default=["npz", "imagefolder"])
     args = p.parse_args()
-    if args.cmd == "make-folder":
+    if args.cmd == "export":
+        export(args.runs, args.formats)
+    elif args.cmd == "make-folder":
         make_folder(args.dir, args.n, args.classes, workers=args.workers)
     elif args.cmd == "decode":
         decode(args.dir, args.images, args.workers)

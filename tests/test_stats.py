@@ -248,3 +248,25 @@ def test_cli_benchmark_seeds(tmp_path, monkeypatch, capsys):
     assert "summary.csv" in out and "(+4.00 [+1.52, +6.48]*)" in out
     assert main([*base, "--out", str(tmp_path / "o4"), "--n-seeds", "0"]) != 0
     assert "--n-seeds: expected an integer >= 1" in capsys.readouterr().err and len(seen) == 3
+
+
+def test_results_md_says_which_proxy_runs_the_selections_used(tmp_path):
+    """One proxy for every seed (the default), a new one per seed, or both: read from the rows'
+    options; random's rows and rows without options say nothing."""
+    from dsquant.evaluate.grid import proxy_protocol
+
+    def rows(*options):
+        out = [{"dataset": "d", "method": "random", "ratio": 0.1, "arch": "mlp", "seed": s, "preset": "t", "accuracy": 0.5, "options": "{}"} for s in range(2)]
+        return out + [{"dataset": "d", "method": "dq", "ratio": 0.1, "arch": "mlp", "seed": s, "preset": "t", "accuracy": 0.6, "options": o} for s, o in enumerate(options)]
+
+    one = rows('{"n_bins": 10}', '{"n_bins": 10}')
+    md = write_row_reports(one, tmp_path / "one")["md"].read_text()
+    assert "Proxy: one run (proxy seed 0) for every seed" in md and "leave out the proxy run's variance" in md
+    assert proxy_protocol(rows('{"proxy_seed": 3}', '{"proxy_seed": 3}')).startswith("Proxy: one run (proxy seed 3)")
+    per_seed = rows('{"n_bins": 10, "proxy_seed": "seed"}', '{"n_bins": 10, "proxy_seed": "seed"}')
+    md = write_row_reports(per_seed, tmp_path / "per-seed")["md"].read_text()
+    assert "Proxy: a new run per seed" in md and "one run" not in md
+    assert proxy_protocol(rows('{"n_bins": 10}', '{"proxy_seed": "seed"}')) == "Proxy: rows of several protocols (proxy seeds 0, seed; `seed`: a new proxy per seed); compare within one."
+    assert proxy_protocol(rows()) == "" and proxy_protocol([{k: v for k, v in r.items() if k != "options"} for r in one]) == ""
+    md = write_row_reports(rows(), tmp_path / "random-only")["md"].read_text()
+    assert "Proxy:" not in md

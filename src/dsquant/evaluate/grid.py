@@ -519,6 +519,9 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
         f"(t distribution, n − 1 degrees of freedom); * marks an interval that excludes 0."
     )
     md.append("")
+    proxy = proxy_protocol(rows)
+    if proxy:
+        md += [proxy, ""]
     for ds in sorted({s["dataset"] for s in summary}):
         for arch in sorted({s["arch"] for s in summary if s["dataset"] == ds}):
             sub = [s for s in summary if s["dataset"] == ds and s["arch"] == arch]
@@ -549,6 +552,37 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
     if summary:
         paths["png"] = _plot(summary, out / "accuracy.png", title)
     return paths
+
+
+def proxy_protocol(rows: list[dict]) -> str:
+    """One sentence for ``results.md``: which proxy runs the selections of ``rows`` used, read
+    from their ``options`` (``proxy_seed``: absent means 0, ``"seed"`` a new proxy per seed;
+    ``--proxy-seed``). Rows of random and full, and rows without options (the text benchmark),
+    say nothing; "" when no row does.
+
+    With one proxy run for every seed, a deterministic method gives the same subset on every
+    seed and its paired interval holds random's and the training's variance, not the proxy
+    run's; with a new proxy per seed it holds all three.
+    """
+    seen: set = set()
+    for r in rows:
+        if r["method"] in (Random.name, FULL) or not r.get("options"):
+            continue
+        try:
+            opts = json.loads(r["options"])
+        except (TypeError, ValueError):
+            continue
+        if isinstance(opts, dict) and opts:
+            seen.add(str(opts.get("proxy_seed", 0)))
+    if not seen:
+        return ""
+    if seen == {"seed"}:
+        return ("Proxy: a new run per seed (`--proxy-seed seed`): the proxy, its embedding and every "
+                "selection from them are redone for each seed, so the intervals include the proxy run's variance.")
+    if "seed" not in seen and len(seen) == 1:
+        return (f"Proxy: one run (proxy seed {next(iter(seen))}) for every seed: a deterministic selection is the same "
+                "subset on every seed, and the intervals leave out the proxy run's variance (`--proxy-seed seed` includes it).")
+    return f"Proxy: rows of several protocols (proxy seeds {', '.join(sorted(seen))}; `seed`: a new proxy per seed); compare within one."
 
 
 def _plot(summary: list[dict], path: Path, title: str) -> Path:

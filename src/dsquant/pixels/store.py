@@ -379,11 +379,11 @@ class PatchReader:
             with _naming(str(self.path)):
                 self._version, self._header, self._payload = _verified_file(self._f)
                 self._geometry, self._arrays, self._masks = _prepare(self._version, self._header, self._payload, None)
+                a = self._arrays
+                self.index = {"indices": a["indices"].astype(np.int64), "labels": a["labels"].astype(np.int64), "image_shape": tuple(self._geometry[1]), "classes": [str(x) for x in self._header["classes"]]}
         except BaseException:
             self._f.close()
             raise
-        a = self._arrays
-        self.index = {"indices": a["indices"].astype(np.int64), "labels": a["labels"].astype(np.int64), "image_shape": tuple(self._geometry[1]), "classes": [str(x) for x in self._header["classes"]]}
 
     def __len__(self) -> int:
         return len(self._masks)

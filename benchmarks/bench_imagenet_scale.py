@@ -45,7 +45,9 @@ source files.
 ``export`` runs ``dsquant export RUN --format F --dest D`` in a child process per pixel run and
 format (D a temporary path beside the run, removed after): the rebuild a tile at a time, its wall
 time, the child's own peak RSS (``os.wait4``: that child alone, so a smaller peak after a larger
-one is seen) and the export's size.
+one is seen), the peak of its anonymous memory (``RssAnon``, sampled: RSS also counts the pages of
+the memory-mapped temporary file the npz export rebuilds into, which are page cache the kernel
+can write back and drop) and the export's size.
 
 Every child's peak RSS is ``ru_maxrss`` of that child (``resource.getrusage(RUSAGE_CHILDREN)``
 after it exits). Times are single runs; prints Markdown rows.
@@ -78,25 +80,40 @@ def _child(args: list[str]) -> tuple[float, float, str]:
     return wall, peak / 1024, p.stdout
 
 
-def _child_alone(args: list[str]) -> tuple[float, float]:
-    """Run ``args``; (wall seconds, peak RSS in MB of that child alone: ``os.wait4``)."""
+def _child_alone(args: list[str]) -> tuple[float, float, float]:
+    """Run ``args``; (wall seconds, peak RSS in MB of that child alone: ``os.wait4``, and the
+    peak of its anonymous memory in MB, ``RssAnon`` of ``/proc/PID/status`` sampled every 20 ms:
+    RSS also counts the file pages it maps, such as a memory-mapped temporary file, which the
+    kernel can write back and drop; the anonymous part it cannot)."""
     import os
 
     t = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    anon = 0
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        anon = max(anon, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.02)
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
     if p.returncode:
         sys.exit(f"failed ({p.returncode}): {' '.join(args)}\n{p.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, anon / 1024
 
 
 def export(runs: list[Path], formats: list[str]) -> None:
     import shutil
 
-    print("| run | images | format | wall (s) | images/s | peak RSS (MB) | export (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | images | format | wall (s) | images/s | peak RSS (MB) | peak anonymous memory (MB) | export (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for run in runs:
         n = json.loads((run / "manifest.json").read_text())["selection"]["n_selected"]
         for fmt in formats:
@@ -104,14 +121,14 @@ def export(runs: list[Path], formats: list[str]) -> None:
             if dest.exists():
                 sys.exit(f"{dest}: exists (left by an interrupted run?); remove it first")
             try:
-                wall, peak = _child_alone([sys.executable, "-m", "dsquant.cli", "export", str(run), "--format", fmt, "--dest", str(dest), "--quiet"])
+                wall, peak, anon = _child_alone([sys.executable, "-m", "dsquant.cli", "export", str(run), "--format", fmt, "--dest", str(dest), "--quiet"])
                 size = dest.stat().st_size if fmt == "npz" else sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
             finally:
                 if dest.is_dir():
                     shutil.rmtree(dest)
                 elif dest.exists():
                     dest.unlink()
-            print(f"| {run.name} | {n:,} | {fmt} | {wall:.0f} | {n / wall:.0f} | {peak:.0f} | {size / 1e6:.0f} |")
+            print(f"| {run.name} | {n:,} | {fmt} | {wall:.0f} | {n / wall:.0f} | {peak:.0f} | {anon:.0f} | {size / 1e6:.0f} |")
 
 
 def make_folder(root: Path, n: int, classes: int, seed: int = 0, workers: int = 1) -> None:

@@ -87,8 +87,11 @@ def _child_alone(args: list[str]) -> tuple[float, float, float]:
     kernel can write back and drop; the anonymous part it cannot)."""
     import os
 
+    import tempfile
+
+    err = tempfile.TemporaryFile()  # not a pipe: a child that writes much to stderr would block on a full one
     t = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
     anon = 0
     while True:
         pid, status, usage = os.wait4(p.pid, os.WNOHANG)
@@ -105,7 +108,9 @@ def _child_alone(args: list[str]) -> tuple[float, float, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
     if p.returncode:
-        sys.exit(f"failed ({p.returncode}): {' '.join(args)}\n{p.stderr.read().decode()[-2000:]}")
+        err.seek(0)
+        sys.exit(f"failed ({p.returncode}): {' '.join(args)}\n{err.read().decode(errors='replace')[-2000:]}")
+    err.close()
     return wall, usage.ru_maxrss / 1024, anon / 1024
 
 

@@ -67,6 +67,8 @@ MAX_DECODED_BYTES = 16 << 30
 """Default cap on the kept pixels a file may decode to (``PatchStore.load(max_bytes=...)``)."""
 
 _PILLOW_FORMAT = {"webp": "WEBP", "png": "PNG", "jpeg": "JPEG"}
+_V1_CODEC = {"version": 1, "name": "raw", "lossless": True, "quality": None}
+"""The codec record of a store read from a version-1 file (raw kept patches)."""
 _HEAD = struct.Struct("<HI")
 
 
@@ -295,7 +297,7 @@ class PatchStore:
             geometry, arrays, masks = _prepare(version, header, payload, max_bytes)
             if version == 1:
                 patches = arrays["patches"].copy()
-                codec = {"version": 1, "name": "raw", "lossless": True, "quality": None}
+                codec = dict(_V1_CODEC)
             else:
                 patches = np.empty((len(masks), geometry[4], geometry[2], geometry[2], geometry[1][2]), dtype=np.uint8)
                 for start, count, part in _iter_tiles(header, payload, masks, geometry[1], geometry[2], geometry[4]):
@@ -394,7 +396,7 @@ class PatchReader:
         name, header, geometry, arrays, masks = str(self.path), self._header, self._geometry, self._arrays, self._masks
         if self._version == 1:
             with _naming(name):
-                store = PatchStore._build(header, geometry, arrays, masks, arrays["patches"].copy(), {"version": 1, "name": "raw", "lossless": True, "quality": None})
+                store = PatchStore._build(header, geometry, arrays, masks, arrays["patches"].copy(), dict(_V1_CODEC))
             yield store
             return
         codec = _codec_record(header)

@@ -270,3 +270,21 @@ def test_results_md_says_which_proxy_runs_the_selections_used(tmp_path):
     assert proxy_protocol(rows()) == "" and proxy_protocol([{k: v for k, v in r.items() if k != "options"} for r in one]) == ""
     md = write_row_reports(rows(), tmp_path / "random-only")["md"].read_text()
     assert "Proxy:" not in md
+
+
+def test_plot_ticks_print_keep_ratios_as_the_table_columns(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    ticks = []
+    original = matplotlib.axes.Axes.set_xticklabels
+
+    def record(self, labels, *args, **kwargs):
+        ticks.append(list(labels))
+        return original(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticklabels", record)
+    # one image per class of a 60,000-image set: 1/6000, 0.0166667 % before, now 0.0167 as in the table
+    extra = [("digits", "fp", "random", 1 / 6000, "mlp", s, "tiny", "{}", 0.3) for s in range(3)]
+    paths = write_reports(_db(tmp_path / "results.sqlite", extra=extra))
+    assert "| method | 0.0167 % | 10 % | 20 % |" in paths["md"].read_text()
+    assert ticks == [["0.0167", "10", "20"]]

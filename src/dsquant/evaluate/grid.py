@@ -535,7 +535,7 @@ def write_row_reports(rows: list[dict], out: str | os.PathLike, title: str = "")
                 n = next(iter(ns))
                 md.append(f"{n} seed{'s' if n != 1 else ''} per cell.")
                 md.append("")
-            md.append("| method | " + " | ".join(f"{100 * r:.3g} %" for r in ratios) + " |")
+            md.append("| method | " + " | ".join(f"{_percent(r)} %" for r in ratios) + " |")
             md.append("|---|" + "---|" * len(ratios))
             for m in methods:
                 cells = []
@@ -585,6 +585,13 @@ def proxy_protocol(rows: list[dict]) -> str:
     return f"Proxy: rows of several protocols (proxy seeds {', '.join(sorted(seen))}; `seed`: a new proxy per seed); compare within one."
 
 
+def _percent(ratio: float) -> str:
+    """A keep ratio as the reports print it: per cent to 3 significant digits (``1 / 6000``, one
+    image per class of Fashion-MNIST: ``"0.0167"``; ``0.05``: ``"5"``), in the tables' columns
+    and on the plot's axis."""
+    return f"{100 * ratio:.3g}"
+
+
 def _plot(summary: list[dict], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -612,9 +619,9 @@ def _plot(summary: list[dict], path: Path, title: str) -> Path:
         if full:
             ax.axhline(100 * full["mean"], ls="--", color="k", lw=1, label="full")
         ax.set_xscale("log")
-        ticks = sorted({100 * s["ratio"] for s in sub if s["method"] != FULL})
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ratios = sorted({s["ratio"] for s in sub if s["method"] != FULL})
+        ax.set_xticks([100 * r for r in ratios])
+        ax.set_xticklabels([_percent(r) for r in ratios])  # as the report's columns
         ax.minorticks_off()
         ax.set_xlabel("keep ratio (%)")
         ax.set_ylabel(f"test accuracy (%), mean ± {100 * CONFIDENCE:g} % CI", fontsize=9)

@@ -17,7 +17,9 @@ differ in what they draw from and how many per class:
   balance=True)``; Zheng et al., ICLR 2023).
 
 The pool, the held-out sixth and the model (the ``lowbudget`` MLP, seeds 0 .. n-1) are
-``validated``'s; the dynamics are the run's (``--proxy-seed``, cached). ``--test``: the variants
+``validated``'s below 500 per class (from there ``validated`` itself trains the ``pruning``
+preset; this script keeps ``lowbudget`` at every budget); the dynamics are the run's
+(``--proxy-seed``, cached). ``--test``: the variants
 select from the whole training set and are tested on the test split instead (the benchmark's
 protocol: ``random``'s rows are then the benchmark's, to the bit), for a variant already chosen
 on the validation split.
@@ -26,8 +28,10 @@ on the validation split.
     python benchmarks/validation_variants.py --summary V.csv
     python benchmarks/validation_variants.py ../shared/data/fashion-mnist --per-class 300 --variants random cut:0.1 --test --seeds 0 1 2 3 4 --out T.csv
 
-The CSV has a row per (per_class, variant, seed); ``--summary`` prints every variant's mean and
-its paired difference from ``random`` with the 95 % t interval.
+The CSV has a row per (data, proxy_seed, per_class, variant, seed); a run resumes an ``--out``
+file, skipping the rows it holds. ``--summary`` prints every variant's mean, random's on the same
+seeds, and the paired difference with its 95 % t interval. A run prints the classes' error
+``e_c`` of the dynamics first.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEADER = ("data", "per_class", "variant", "seed", "accuracy")
+HEADER = ("data", "proxy_seed", "per_class", "variant", "seed", "accuracy")
 
 
 def class_error(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -58,16 +62,24 @@ def variant_indices(name: str, labels: np.ndarray, budget_: int, err: np.ndarray
     n_classes = len(err)
     sizes = np.bincount(labels, minlength=n_classes)
     if kind == "quota":
-        q = largest_remainder(budget_, (1 - x) / n_classes + x * err / err.sum(), caps=sizes)
+        weights = (1 - x) / n_classes + x * err / err.sum()
+        if (weights < 0).any():
+            raise SystemExit(f"variant {name!r}: L gives class {int(np.argmin(weights))} a negative share of the budget; use an L closer to 0")
+        q = largest_remainder(budget_, weights, caps=sizes)
         rng = np.random.default_rng([seed, 77])
         parts = [rng.choice(np.flatnonzero(labels == c), int(q[c]), replace=False) for c in range(n_classes)]
     elif kind == "cut":
+        if not 0 <= x < 1:
+            raise SystemExit(f"variant {name!r}: expected a share B in [0, 1)")
+        q = largest_remainder(budget_, sizes, caps=sizes)  # class-balanced, as random's quotas
         rng = np.random.default_rng([seed, 78])
         parts = []
         for c in range(n_classes):
             members = np.flatnonzero(labels == c)
             keep = members[np.argsort(-el2n[members], kind="stable")][round(x * len(members)):]
-            parts.append(rng.choice(keep, budget_ // n_classes, replace=False))
+            if len(keep) < q[c]:
+                raise SystemExit(f"variant {name!r}: class {c} keeps {len(keep)} samples after the cut, fewer than its quota {int(q[c])}; use a smaller B")
+            parts.append(rng.choice(keep, int(q[c]), replace=False))
     else:
         raise SystemExit(f"variant {name!r}: expected random, quota:L or cut:B")
     return np.sort(np.concatenate(parts))
@@ -93,7 +105,7 @@ def run(data: str, per_class: list[float], variants: list[str], seeds: list[int]
             reader = csv.DictReader(f)
             if reader.fieldnames != list(HEADER):
                 raise SystemExit(f"{out}: exists and is not this script's CSV (header {','.join(HEADER)}); choose another --out")
-            done = {(float(r["per_class"]), r["variant"], int(r["seed"])) for r in reader}
+            done = {(r["data"], int(r["proxy_seed"]), float(r["per_class"]), r["variant"], int(r["seed"])) for r in reader}
 
     def write(row) -> None:
         new = not out.exists()
@@ -128,7 +140,8 @@ def run(data: str, per_class: list[float], variants: list[str], seeds: list[int]
             budget_ = round(self.m * n_classes)
             for s in seeds:
                 for name in variants:
-                    if (self.m, name + (" (test)" if test else ""), s) in done:
+                    label = name + (" (test)" if test else "")
+                    if (data, proxy_seed, self.m, label, s) in done:
                         continue
                     if name == "random":
                         idx = make_method("random").select(_PoolContext(ctx, pool, emb, budget_ / len(rows), s)).indices
@@ -137,7 +150,7 @@ def run(data: str, per_class: list[float], variants: list[str], seeds: list[int]
                     t = time.perf_counter()
                     a = train_and_test(pool, idx, val, v.arch, v.preset, s, len(idx) / len(pool))["accuracy"]
                     print(f"{self.m:g}/class {name} seed {s}: {100 * a:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
-                    write([data, self.m, name + (" (test)" if test else ""), s, float(a)])
+                    write([data, proxy_seed, self.m, label, s, float(a)])
             _, first = np.unique(ctx.labels, return_index=True)
             return Selection(np.sort(first).astype(np.int64))
 
@@ -147,28 +160,30 @@ def run(data: str, per_class: list[float], variants: list[str], seeds: list[int]
 
 
 def summary(paths: list[str]) -> None:
+    """Print every variant's mean, random's mean on the same seeds, and the paired difference
+    (95 % t interval), per dataset, proxy seed and budget; test-split rows pair with
+    ``random (test)``."""
     from dsquant.evaluate.stats import paired_difference
 
     acc: dict = {}
     for p in paths:
         with open(p) as f:
             for r in csv.DictReader(f):
-                acc.setdefault((Path(r["data"]).name, float(r["per_class"])), {}).setdefault(r["variant"], {})[int(r["seed"])] = float(r["accuracy"])
-    print("| data, per class | variant | accuracy (%; validation, or test) | minus random, paired | seeds |")
-    print("|---|---|---|---|---|")
-    for (d, m), cell in sorted(acc.items()):
-        for name, vals in cell.items():
+                key = (Path(r["data"]).name, int(r["proxy_seed"]), float(r["per_class"]))
+                acc.setdefault(key, {}).setdefault(r["variant"], {})[int(r["seed"])] = float(r["accuracy"])
+    print("| data, proxy seed, per class | variant | accuracy (%) | random, the same seeds (%) | minus random, paired | seeds |")
+    print("|---|---|---|---|---|---|")
+    for (d, proxy, m), cell in sorted(acc.items()):
+        for name, vals in sorted(cell.items()):
             base = "random (test)" if name.endswith(" (test)") else "random"
-            if name == base:
-                print(f"| {d}, {m:g} | {name} | {100 * np.mean(list(vals.values())):.2f} | - | {len(vals)} |")
-                continue
             rand = cell.get(base, {})
             seeds = sorted(set(vals) & set(rand))
-            if not seeds:
+            if name == base or not seeds:
                 continue
-            diff = paired_difference([vals[s] for s in seeds], [rand[s] for s in seeds])
+            a, b = [vals[s] for s in seeds], [rand[s] for s in seeds]
+            diff = paired_difference(a, b)
             interval = f"[{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]" if len(seeds) > 1 else "(one seed)"
-            print(f"| {d}, {m:g} | {name} | {100 * np.mean([vals[s] for s in seeds]):.2f} | {100 * diff.mean:+.2f} {interval} | {len(seeds)} |")
+            print(f"| {d}, {proxy}, {m:g} | {name} | {100 * np.mean(a):.2f} | {100 * np.mean(b):.2f} | {100 * diff.mean:+.2f} {interval} | {len(seeds)} |")
 
 
 def main() -> None:

@@ -14,6 +14,12 @@ write; ``--per-class`` labels budgets as images per class where the classes are 
 beside each summary:
 
     python benchmarks/leaderboard.py docs/results/lowbudget-cifar10/summary.csv --pair dq-budget herding
+
+``--best-of M ...`` prints, the same way, the best of methods M per seed minus random: the
+accuracy a choice among M would have if it could read the test split (an upper bound on any
+rule that chooses among them from the training set alone; cells where every M was run):
+
+    python benchmarks/leaderboard.py docs/results/proxy-per-seed-fashion-mnist-mlp/summary.csv --best-of dq dq-budget herding herding-drop
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def main() -> None:
     p.add_argument("--classes", nargs="*", default=["fashion-mnist=10:60000", "cifar10-jpeg=10:50000", "banking77=77:10003"],
                    help="NAME=K:N per dataset, to label budgets as samples per class")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="also print method A minus method B, paired by seed")
+    p.add_argument("--best-of", nargs="+", metavar="M", help="also print the best of methods M per seed (read on the test split: an upper bound) minus random, paired by seed")
     args = p.parse_args()
     sizes = {}
     for item in args.classes:
@@ -87,11 +94,14 @@ def main() -> None:
     for (d, a), r in sorted(fulls.items()):
         print(f"| *full data, {d} / {a}* | {100 * float(r['mean']):.2f} ± {100 * float(r['std']):.2f} (n={r['n']}) |" + " |" * len(cells))
     if args.pair:
-        _print_pair(args.summaries, *args.pair, sizes)
+        _print_pair(args.summaries, (args.pair[0],), args.pair[1], sizes, f"{args.pair[0]} minus {args.pair[1]}")
+    if args.best_of:
+        _print_pair(args.summaries, tuple(args.best_of), "random", sizes, f"the best of {', '.join(args.best_of)} per seed (picked on the test split) minus random")
 
 
-def _print_pair(summaries: list[str], a: str, b: str, sizes: dict) -> None:
-    """``a`` minus ``b`` per (dataset, arch, ratio), paired by (preset, seed), from the
+def _print_pair(summaries: list[str], a: tuple, b: str, sizes: dict, title: str) -> None:
+    """The best of methods ``a`` (one method: that method) minus ``b`` per (dataset, arch,
+    ratio), paired by (preset, seed) over the seeds every one of them was run with, from the
     results.csv beside each summary.csv."""
     from pathlib import Path
 
@@ -104,17 +114,19 @@ def _print_pair(summaries: list[str], a: str, b: str, sizes: dict) -> None:
             raise SystemExit(f"--pair: {results} not found (the every-training results.csv that dsquant benchmark writes beside {path})")
         with open(results) as f:
             for r in csv.DictReader(f):
-                if r["method"] in (a, b):
+                if r["method"] in (*a, b):
                     acc.setdefault((r["dataset"], r["arch"], float(r["ratio"]), r["method"]), {})[(r["preset"], r["seed"])] = float(r["accuracy"])
-    print(f"\n{a} minus {b} (percentage points), paired by seed, 95 % paired t interval:\n")
+    print(f"\n{title} (percentage points), paired by seed, 95 % paired t interval:\n")
     print("| dataset / arch / budget | difference | seeds |")
     print("|---|---|---|")
     for d, arch, q in sorted({k[:3] for k in acc}):
-        x, y = acc.get((d, arch, q, a)), acc.get((d, arch, q, b))
-        seeds = sorted(set(x or ()) & set(y or ()))
+        xs, y = [acc.get((d, arch, q, m)) for m in a], acc.get((d, arch, q, b))
+        if not all(xs) or not y:
+            continue
+        seeds = sorted(set(y).intersection(*xs))
         if len(seeds) < 2:
             continue
-        diff = paired_difference([x[s] for s in seeds], [y[s] for s in seeds])
+        diff = paired_difference([max(x[s] for x in xs) for s in seeds], [y[s] for s in seeds])
         print(f"| {d} / {arch} / {_label(q, sizes, d)} | {100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] | {len(seeds)} |")
 
 

@@ -12,9 +12,11 @@ differ in what they draw from and how many per class:
   DRoP's allocation (Vysogorets, Ahuja & Kempe, "DRoP: Distributionally Robust Data Pruning",
   ICLR 2025: quotas proportional to class error, random within classes); ``L < 0`` moves
   samples to the easy classes instead.
-* ``cut:B``: per class, leave out the ``B`` share of the hardest samples by EL2N, then draw
-  the class's quota from the rest (CCS with one stratum, ``CCS(cutoff=B, n_strata=1,
-  balance=True)``; Zheng et al., ICLR 2023).
+* ``cut:B``: per class, leave out the ``round(B * n_c)`` hardest samples by EL2N, then draw
+  the class's quota from the rest: the rule of CCS with one stratum (``CCS(cutoff=B,
+  n_strata=1, balance=True)``; Zheng et al., ICLR 2023), which cuts ``floor(B * n_c)`` and
+  draws from its own random stream; this script keeps its own draw so that the rows in
+  docs/results/validation-variants-fashion-mnist reproduce.
 
 The pool, the held-out sixth and the model (the ``lowbudget`` MLP, seeds 0 .. n-1) are
 ``validated``'s below 500 per class (from there ``validated`` itself trains the ``pruning``
